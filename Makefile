@@ -1,0 +1,39 @@
+# digit-recognizer: `make run` executes the notebook headless, `make test` runs the tests.
+# Both create .venv with the pinned requirements first. Notebook parameters pass through:
+#   DATA_DIR=../shared/digit-recognizer make run
+#   make run EPOCHS=1 TRAIN_ROWS=2000
+.DEFAULT_GOAL := help
+SHELL := bash
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.requirements-installed
+NOTEBOOK := digit_recognizer.ipynb
+OUTPUT_DIR ?= output
+# Notebook parameters that `make run` hands to papermill when they are set (OUTPUT_DIR always is).
+PARAMETERS := DATA_DIR EPOCHS BATCH_SIZE LR VALID_SIZE SEED TRAIN_ROWS TEST_ROWS
+PAPERMILL_PARAMETERS = $(strip -p OUTPUT_DIR '$(OUTPUT_DIR)' $(foreach p,$(PARAMETERS),$(if $($(p)),-p $(p) '$($(p))')))
+
+.PHONY: help venv run test clean
+
+help:  ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	@touch $@
+
+venv: $(STAMP)  ## Create .venv and install the pinned requirements.
+
+run: $(STAMP)  ## Run the notebook headless: $(OUTPUT_DIR)/submission.csv and the executed notebook.
+	@mkdir -p "$(OUTPUT_DIR)"
+	$(BIN)/papermill $(NOTEBOOK) "$(OUTPUT_DIR)/$(NOTEBOOK)" --cwd . --kernel python3 $(PAPERMILL_PARAMETERS)
+	@echo "wrote $(OUTPUT_DIR)/submission.csv and $(OUTPUT_DIR)/$(NOTEBOOK)"
+
+test: $(STAMP)  ## Run the test suite (a few minutes on 2 CPU cores).
+	$(BIN)/python -m pytest
+
+clean:  ## Remove outputs and caches (keeps .venv and data/).
+	rm -rf $(OUTPUT_DIR) .pytest_cache __pycache__ tests/__pycache__

@@ -1,0 +1,64 @@
+"""Shared fixtures: small generated digits CSVs, the notebook's own code, and the shared real data."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO_DIR / "digit_recognizer.ipynb"
+SHARED_DATA_DIR = Path(os.environ.get("SHARED_DATA_DIR", REPO_DIR.parent / "shared" / "digit-recognizer"))
+sys.path.insert(0, str(REPO_DIR))
+
+from mnist_helpers import PIXEL_COLUMNS, TRAIN_COLUMNS  # noqa: E402
+
+needs_shared_data = pytest.mark.skipif(
+    not (SHARED_DATA_DIR / "train.csv").is_file(),
+    reason=f"real data not found at {SHARED_DATA_DIR} (set SHARED_DATA_DIR to a folder with train.csv, test.csv)",
+)
+
+
+def make_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random (n, 784) uint8 'images' and (n,) int64 labels that cycle through 0-9."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, 784), dtype=np.uint8), np.arange(n, dtype=np.int64) % 10
+
+
+def write_train_csv(path: Path, X: np.ndarray, y: np.ndarray) -> Path:
+    """Write a train.csv in the competition's layout (.gz compresses)."""
+    frame = pd.DataFrame(np.column_stack([y, X]), columns=TRAIN_COLUMNS)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def write_test_csv(path: Path, X: np.ndarray) -> Path:
+    """Write a test.csv in the competition's layout (.gz compresses)."""
+    pd.DataFrame(X, columns=PIXEL_COLUMNS).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A folder with a 60-row train.csv and a 20-row test.csv."""
+    X, y = make_digits(60)
+    write_train_csv(tmp_path / "train.csv", X, y)
+    write_test_csv(tmp_path / "test.csv", make_digits(20, seed=1)[0])
+    return tmp_path
+
+
+def notebook_namespace(*tags: str) -> dict:
+    """Execute the notebook's code cells with these tags, in order, and return their namespace."""
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    namespace: dict = {}
+    for tag in tags:
+        cells = [c for c in notebook.cells if c.cell_type == "code" and tag in c.metadata.get("tags", [])]
+        assert len(cells) == 1, f"expected one notebook cell tagged {tag!r}, found {len(cells)}"
+        exec(compile(cells[0].source, f"{NOTEBOOK.name}[{tag}]", "exec"), namespace)
+    return namespace

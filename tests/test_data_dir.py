@@ -1,0 +1,80 @@
+"""find_data_dir / csv_path: the search order, and one clear message when nothing is found."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import make_digits, write_test_csv, write_train_csv
+
+import mnist_helpers
+from mnist_helpers import csv_path, find_data_dir
+
+
+def _make_data(folder, gz=False):
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    X, y = make_digits(10)
+    write_train_csv(folder / f"train.csv{suffix}", X, y)
+    write_test_csv(folder / f"test.csv{suffix}", X)
+    return folder
+
+
+@pytest.fixture
+def places(tmp_path, monkeypatch):
+    """Point Kaggle's folder, ../input and ./data into tmp_path, all empty, and clear $DATA_DIR."""
+    kaggle, work, project = tmp_path / "kaggle" / "digit-recognizer", tmp_path / "working", tmp_path / "project"
+    work.mkdir()
+    monkeypatch.setattr(mnist_helpers, "KAGGLE_INPUT_DIR", kaggle)
+    monkeypatch.setattr(mnist_helpers, "PROJECT_DIR", project)
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("DATA_DIR", raising=False)
+    return {"kaggle": kaggle, "input": tmp_path / "input" / "digit-recognizer", "data": project / "data"}
+
+
+def test_search_order_is_kaggle_then_input_then_data(places):
+    _make_data(places["data"])
+    assert find_data_dir() == places["data"]
+    _make_data(places["input"])
+    assert find_data_dir() == places["input"]
+    _make_data(places["kaggle"])
+    assert find_data_dir() == places["kaggle"]
+
+
+def test_explicit_dir_wins_then_environment(places, tmp_path, monkeypatch):
+    _make_data(places["kaggle"])
+    mine, theirs = _make_data(tmp_path / "mine"), _make_data(tmp_path / "env")
+    monkeypatch.setenv("DATA_DIR", str(theirs))
+    assert find_data_dir() == theirs
+    assert find_data_dir(mine) == mine
+    assert find_data_dir(str(mine)) == mine
+
+
+def test_explicit_dir_without_data_does_not_fall_back(places, tmp_path):
+    _make_data(places["kaggle"])
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
+        find_data_dir(tmp_path / "nowhere")
+
+
+def test_folder_needs_both_files(places):
+    places["data"].mkdir(parents=True)
+    X, y = make_digits(5)
+    write_train_csv(places["data"] / "train.csv", X, y)
+    with pytest.raises(FileNotFoundError):
+        find_data_dir()
+
+
+def test_nothing_found_lists_the_places_and_the_command(places):
+    with pytest.raises(FileNotFoundError) as error:
+        find_data_dir()
+    message = str(error.value)
+    for place in places.values():
+        assert str(place) in message
+    assert "kaggle competitions download -c digit-recognizer" in message and "DATA_DIR" in message
+    assert "\n" not in message
+
+
+def test_gzipped_data_is_found_and_plain_csv_preferred(places):
+    folder = _make_data(places["data"], gz=True)
+    assert find_data_dir() == folder
+    assert csv_path(folder, "train.csv").name == "train.csv.gz"
+    _make_data(folder)
+    assert csv_path(folder, "train.csv").name == "train.csv"

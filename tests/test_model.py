@@ -1,0 +1,73 @@
+"""The notebook's own model and training loop, executed from its tagged cells."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torchinfo
+from conftest import make_digits, notebook_namespace
+from torch import nn
+
+from mnist_helpers import make_loaders
+
+COLUMNS = ("input_size", "output_size", "num_params", "kernel_size")
+
+
+@pytest.fixture(scope="module")
+def notebook():
+    return notebook_namespace("imports", "model", "train-loop")
+
+
+def test_model_has_340138_parameters_and_ten_logits(notebook):
+    model = notebook["TwoConvCNN"]()
+    assert sum(p.numel() for p in model.parameters()) == 340_138
+    assert model(torch.zeros(5, 1, 28, 28)).shape == (5, 10)
+    assert model(torch.zeros(1, 28, 28)).shape == (1, 10)  # an unbatched image, as torchinfo's reference call
+
+
+def test_torchinfo_prints_the_reference_figures(notebook):
+    model = notebook["TwoConvCNN"]()
+    unbatched = torchinfo.summary(model, (1, 28, 28), col_names=COLUMNS, verbose=0)
+    assert unbatched.total_params == 340_138
+    assert round(unbatched.total_mult_adds / 1e6, 2) == 212.54
+    table = str(unbatched)
+    assert "Total params: 340,138" in table and re.search(r"Total mult-adds \(.*\): 212\.54", table)
+    batched = torchinfo.summary(model, (1, 1, 28, 28), col_names=COLUMNS, verbose=0)
+    assert round(batched.total_mult_adds / 1e6, 2) == 14.21  # the real cost of one image
+
+
+def test_loss_falls_on_a_fixed_batch(notebook):
+    torch.manual_seed(0)
+    model = notebook["TwoConvCNN"]()
+    X, y = make_digits(32)
+    xb, yb = torch.from_numpy(X).float().div(255).view(-1, 1, 28, 28), torch.from_numpy(y)
+    optimizer, loss_fn = torch.optim.Adam(model.parameters(), lr=1e-3), nn.CrossEntropyLoss()
+    model.eval()  # dropout off, so the loss is a deterministic function of the weights
+    before = loss_fn(model(xb), yb).item()
+    for _ in range(60):
+        loss = loss_fn(model(xb), yb)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss_fn(model(xb), yb).item() < 0.25 * before
+
+
+def test_loops_print_the_reference_lines_and_set_the_mode(notebook, capsys):
+    torch.manual_seed(0)
+    X, y = make_digits(250)
+    train_loader, valid_loader = make_loaders(X[:200], y[:200], X[200:], y[200:], batch_size=10, seed=0)
+    model, loss_fn = notebook["TwoConvCNN"](), nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    train_loss, train_acc = notebook["train_one_epoch"](model, train_loader, loss_fn, optimizer, "cpu", log_every=5)
+    assert model.training and train_loss > 0 and 0 <= train_acc <= 1
+    valid_loss, valid_acc = notebook["evaluate"](model, valid_loader, loss_fn, "cpu")
+    assert not model.training and valid_loss > 0 and valid_acc in {k / 50 for k in range(51)}
+
+    lines = capsys.readouterr().out.splitlines()
+    assert [line[-13:] for line in lines[:4]] == ["[   10/  200]", "[   60/  200]", "[  110/  200]", "[  160/  200]"]
+    assert all(re.fullmatch(r"loss: \d\.\d{6} \[ *\d+/ *\d+\]", line) for line in lines[:4]), lines
+    assert re.fullmatch(r"acc: \d+\.\d{2}%, average_loss: \d\.\d{6}", lines[4]), lines
+    assert lines[4] == f"acc: {100 * valid_acc:.2f}%, average_loss: {valid_loss:.6f}"
