@@ -12,10 +12,10 @@ STAMP := $(VENV)/.requirements-installed
 NOTEBOOK := digit_recognizer.ipynb
 OUTPUT_DIR ?= output
 # Notebook parameters that `make run` hands to papermill when they are set (OUTPUT_DIR always is).
-PARAMETERS := DATA_DIR EPOCHS BATCH_SIZE LR VALID_SIZE SEED TRAIN_ROWS TEST_ROWS
+PARAMETERS := DATA_DIR EPOCHS BATCH_SIZE LR VALID_SIZE SEED TRAIN_ROWS TEST_ROWS FAST
 PAPERMILL_PARAMETERS = $(strip -p OUTPUT_DIR '$(OUTPUT_DIR)' $(foreach p,$(PARAMETERS),$(if $($(p)),-p $(p) '$($(p))')))
 
-.PHONY: help venv run test clean
+.PHONY: help venv run test bench clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -32,8 +32,11 @@ run: $(STAMP)  ## Run the notebook headless: $(OUTPUT_DIR)/submission.csv and th
 	$(BIN)/papermill $(NOTEBOOK) "$(OUTPUT_DIR)/$(NOTEBOOK)" --cwd . --kernel python3 $(PAPERMILL_PARAMETERS)
 	@echo "wrote $(OUTPUT_DIR)/submission.csv and $(OUTPUT_DIR)/$(NOTEBOOK)"
 
-test: $(STAMP)  ## Run the test suite (a few minutes on 2 CPU cores).
+test: $(STAMP)  ## Run the test suite (about a minute on 2 CPU cores).
 	$(BIN)/python -m pytest
+
+bench: $(STAMP)  ## Benchmark plain vs fast training (--quick, about 40 s); BENCH_ARGS=--full for 15 epochs each.
+	$(BIN)/python benchmarks/bench_training.py $(or $(BENCH_ARGS),--quick)
 
 clean:  ## Remove outputs and caches (keeps .venv and data/).
 	rm -rf $(OUTPUT_DIR) .pytest_cache __pycache__ tests/__pycache__

@@ -15,6 +15,8 @@ import random
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -29,6 +31,7 @@ N_CLASSES = 10
 PIXEL_COLUMNS = [f"pixel{i}" for i in range(N_PIXELS)]
 TRAIN_COLUMNS = ["label", *PIXEL_COLUMNS]
 SUBMISSION_COLUMNS = ["ImageId", "Label"]
+CSV_CHUNK_ROWS = 10_000  # rows parsed at a time: ~8 MB of uint8 per chunk (measured: README, "Speed")
 
 PROJECT_DIR = Path(__file__).resolve().parent
 KAGGLE_INPUT_DIR = Path("/kaggle/input/digit-recognizer")
@@ -173,16 +176,18 @@ def _read_uint8_csv(path: str | os.PathLike, columns: list[str], max_rows: int |
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)  # it means fields were dropped
-            frame = pd.read_csv(path, dtype=np.uint8, encoding="utf-8-sig", index_col=False,
-                                nrows=max_rows, skipinitialspace=True)
+            # In chunks of rows, each parsed straight to uint8: peak memory stays near the data's own 1 byte/cell.
+            with pd.read_csv(path, dtype=np.uint8, encoding="utf-8-sig", index_col=False, nrows=max_rows,
+                             skipinitialspace=True, chunksize=CSV_CHUNK_ROWS) as reader:
+                parts = [chunk.to_numpy() for chunk in reader]  # each (rows, columns) uint8
     except (ValueError, OverflowError, pd.errors.ParserWarning, pd.errors.ParserError, OSError, EOFError):
-        frame = None  # pandas says only that something is wrong; the scan below says where
-    if frame is None or frame.shape[1] != len(columns):
+        parts = None  # pandas says only that something is wrong; the scan below says where
+    if parts is None or any(part.shape[1] != len(columns) for part in parts):
         problem = _find_bad_cell(path, columns, max_rows)
         raise ValueError(problem or f"{path}: could not be parsed as CSV; re-download it.")
-    if frame.empty:
+    if sum(len(part) for part in parts) == 0:
         raise ValueError(f"{path}: has a header but no data rows; re-download it.")
-    values = frame.to_numpy(copy=True)  # writable: pandas' own array is read-only under copy-on-write
+    values = np.concatenate(parts)  # a new, writable (N, columns) array
     if columns[0] == "label" and values[:, 0].max() >= N_CLASSES:  # uint8 let labels 10-255 through
         raise ValueError(_find_bad_cell(path, columns, max_rows) or f"{path}: a label is out of range 0-9.")
     return values
@@ -202,9 +207,10 @@ def load_test_csv(path: str | os.PathLike, max_rows: int | None = None) -> np.nd
 # --- Tensors, split and loaders ------------------------------------------------------
 
 
-def to_image_tensor(X: np.ndarray) -> torch.Tensor:
-    """Turn (N, 784) uint8 pixels into a float32 (N, 1, 28, 28) tensor scaled to [0, 1]."""
-    return torch.tensor(X, dtype=torch.uint8).float().div_(255).view(-1, 1, 28, 28)
+def to_image_tensor(X: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Turn (N, 784) uint8 pixels into a float32 (N, 1, 28, 28) tensor in [0, 1] on device."""
+    pixels = torch.tensor(X, dtype=torch.uint8).to(device)  # copy as uint8: 4x fewer bytes to move than float32
+    return pixels.float().div_(255).view(-1, 1, 28, 28)
 
 
 def split_train_valid(X: np.ndarray, y: np.ndarray, valid_size: float,
@@ -213,12 +219,41 @@ def split_train_valid(X: np.ndarray, y: np.ndarray, valid_size: float,
     return train_test_split(X, y, test_size=valid_size, random_state=seed, stratify=y)
 
 
+class DeviceBatches:
+    """A DataLoader stand-in that keeps the whole tensors on the device and slices (shuffled) batches there."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, batch_size: int, device: torch.device | str,
+                 shuffle: bool = False, generator: torch.Generator | None = None):
+        images = to_image_tensor(X, device)                                       # (N, 1, 28, 28) float32
+        labels = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)       # (N,) int64
+        self.dataset = TensorDataset(images, labels)  # len(loader.dataset) works as for a DataLoader
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.generator = generator if generator is not None else torch.Generator()
+
+    def __len__(self) -> int:
+        """The number of batches per epoch."""
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (images, labels) batches; a new seeded order each epoch when shuffling."""
+        images, labels = self.dataset.tensors
+        order = torch.randperm(len(images), generator=self.generator).to(images.device) if self.shuffle else None
+        for rows in _batches(len(images), self.batch_size):
+            index = rows if order is None else order[rows]  # (B,) positions, gathered on the device
+            yield images[index], labels[index]
+
+
 def make_loaders(X_train: np.ndarray, y_train: np.ndarray, X_valid: np.ndarray, y_valid: np.ndarray,
-                 batch_size: int, seed: int) -> tuple[DataLoader, DataLoader]:
-    """TensorDataset + DataLoader for each split; only the training loader shuffles (seeded)."""
+                 batch_size: int, seed: int,
+                 fast: FastPath | None = None) -> tuple[DataLoader | DeviceBatches, DataLoader | DeviceBatches]:
+    """Training and validation batches; only training shuffles (seeded). A fast path may keep them on its device."""
+    generator = torch.Generator().manual_seed(seed)
+    if fast is not None and fast.data_on_device:
+        eval_batch_size = fast.eval_batch_size or batch_size
+        return (DeviceBatches(X_train, y_train, batch_size, fast.device, shuffle=True, generator=generator),
+                DeviceBatches(X_valid, y_valid, eval_batch_size, fast.device))
     train_set = TensorDataset(to_image_tensor(X_train), torch.from_numpy(np.asarray(y_train, dtype=np.int64)))
     valid_set = TensorDataset(to_image_tensor(X_valid), torch.from_numpy(np.asarray(y_valid, dtype=np.int64)))
-    generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
     valid_loader = DataLoader(valid_set, batch_size=batch_size, shuffle=False)
     return train_loader, valid_loader
@@ -243,6 +278,75 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+# --- The fast path ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """How to run on one device: mixed precision, memory format, where the data lives, batch sizes."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None  # None: plain fp32; torch.bfloat16 or torch.float16: autocast
+    channels_last: bool = False          # NHWC activations, the layout oneDNN and cuDNN convolve fastest
+    data_on_device: bool = False         # whole tensors on the device, batches sliced there (DeviceBatches)
+    cudnn_benchmark: bool = False        # let cuDNN time its convolution algorithms once, then reuse the best
+    eval_batch_size: int | None = None   # validation batch; None: the training batch
+    predict_batch_size: int = 1000       # test images per forward pass
+
+    @property
+    def uses_grad_scaler(self) -> bool:
+        """fp16 needs loss scaling so that small gradients do not flush to zero; bf16 and fp32 do not."""
+        return self.amp_dtype == torch.float16
+
+    def autocast(self) -> AbstractContextManager:
+        """A context that runs matmuls and convolutions in amp_dtype; a no-op for fp32."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A GradScaler that scales the loss for fp16 and passes everything through otherwise."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.uses_grad_scaler)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move the model to the device, in channels_last when enabled (and switch on cudnn.benchmark)."""
+        if self.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
+        return model.to(self.device, memory_format=self.memory_format)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """torch.channels_last or torch.contiguous_format."""
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def to_device(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move one batch to the device in the model's memory format (a no-op when it is already there)."""
+        return xb.to(self.device, memory_format=self.memory_format), yb.to(self.device)
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX), so bf16 autocast beats fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def choose_fast_path(device: torch.device | str, enabled: bool = True, bf16: bool | None = None) -> FastPath:
+    """The fastest correct settings for device; enabled=False gives the plain fp32 DataLoader pipeline.
+
+    bf16 says whether the device computes bf16 well; None asks the hardware (tests pass it explicitly).
+    """
+    device = torch.device(device)
+    if not enabled:
+        return FastPath(device)
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported() if bf16 is None else bf16  # Ampere and newer
+        return FastPath(device, amp_dtype=torch.bfloat16 if bf16 else torch.float16, channels_last=True,
+                        data_on_device=True, cudnn_benchmark=True, eval_batch_size=2000, predict_batch_size=4000)
+    if device.type == "cpu":
+        bf16 = cpu_supports_bf16() if bf16 is None else bf16
+        return FastPath(device, amp_dtype=torch.bfloat16 if bf16 else None, channels_last=True,
+                        data_on_device=True, eval_batch_size=1000, predict_batch_size=2000)
+    return FastPath(device)  # Apple MPS and the rest: the plain fp32 path, which is known to be correct
+
+
 # --- Prediction and submission -------------------------------------------------------
 
 
@@ -253,21 +357,24 @@ def _batches(n: int, batch_size: int) -> Iterator[slice]:
     return (slice(start, start + batch_size) for start in range(0, n, batch_size))
 
 
-def predict_proba(model: torch.nn.Module, X: np.ndarray, device: torch.device | str,
-                  batch_size: int = 1000) -> np.ndarray:
+def predict_proba(model: torch.nn.Module, X: np.ndarray, fast: FastPath | torch.device | str,
+                  batch_size: int | None = None) -> np.ndarray:
     """Class probabilities (N, 10) for (N, 784) uint8 pixels, batch by batch so memory stays small."""
+    fast = fast if isinstance(fast, FastPath) else FastPath(torch.device(fast))
+    batch_size = fast.predict_batch_size if batch_size is None else batch_size
     model.eval()  # dropout off
     chunks = []
-    with torch.inference_mode():
+    with torch.inference_mode(), fast.autocast():
         for rows in _batches(len(X), batch_size):
-            xb = to_image_tensor(X[rows]).to(device)  # (B, 1, 28, 28)
-            chunks.append(torch.softmax(model(xb).float(), dim=1).cpu())  # (B, 10)
+            xb = to_image_tensor(X[rows], fast.device).to(memory_format=fast.memory_format)  # (B, 1, 28, 28)
+            chunks.append(torch.softmax(model(xb).float(), dim=1).cpu())  # (B, 10) float32
     return torch.cat(chunks).numpy() if chunks else np.empty((0, N_CLASSES), dtype=np.float32)
 
 
-def predict(model: torch.nn.Module, X: np.ndarray, device: torch.device | str, batch_size: int = 1000) -> np.ndarray:
-    """Predicted labels (N,) int64 for (N, 784) uint8 pixels, computed in batches."""
-    return predict_proba(model, X, device, batch_size).argmax(axis=1).astype(np.int64)
+def predict(model: torch.nn.Module, X: np.ndarray, fast: FastPath | torch.device | str,
+            batch_size: int | None = None) -> np.ndarray:
+    """Predicted labels (N,) int64 for (N, 784) uint8 pixels, computed in batches on fast's (or a plain) device."""
+    return predict_proba(model, X, fast, batch_size).argmax(axis=1).astype(np.int64)
 
 
 def check_submission(submission: pd.DataFrame, expected_rows: int | None = None) -> None:
@@ -357,3 +464,20 @@ def plot_history(history: pd.DataFrame | Sequence[dict]):
     acc_ax.legend()
     fig.tight_layout()
     return fig
+
+
+# --- The notebook's own code, outside the notebook ----------------------------------------
+
+
+def run_notebook_cells(notebook: str | os.PathLike, *tags: str) -> dict:
+    """Execute the notebook's code cells with these tags, in order, and return their namespace (tests, benchmarks)."""
+    import nbformat
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    namespace: dict = {}
+    for tag in tags:
+        tagged = [c for c in cells if c.cell_type == "code" and tag in c.metadata.get("tags", [])]
+        if len(tagged) != 1:
+            raise ValueError(f"{notebook}: expected one code cell tagged {tag!r}, found {len(tagged)}.")
+        exec(compile(tagged[0].source, f"{Path(notebook).name}[{tag}]", "exec"), namespace)
+    return namespace

@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +16,7 @@ NOTEBOOK = REPO_DIR / "digit_recognizer.ipynb"
 SHARED_DATA_DIR = Path(os.environ.get("SHARED_DATA_DIR", REPO_DIR.parent / "shared" / "digit-recognizer"))
 sys.path.insert(0, str(REPO_DIR))
 
-from mnist_helpers import PIXEL_COLUMNS, TRAIN_COLUMNS  # noqa: E402
+from mnist_helpers import PIXEL_COLUMNS, TRAIN_COLUMNS, run_notebook_cells  # noqa: E402
 
 needs_shared_data = pytest.mark.skipif(
     not (SHARED_DATA_DIR / "train.csv").is_file(),
@@ -55,10 +54,4 @@ def data_dir(tmp_path: Path) -> Path:
 
 def notebook_namespace(*tags: str) -> dict:
     """Execute the notebook's code cells with these tags, in order, and return their namespace."""
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    namespace: dict = {}
-    for tag in tags:
-        cells = [c for c in notebook.cells if c.cell_type == "code" and tag in c.metadata.get("tags", [])]
-        assert len(cells) == 1, f"expected one notebook cell tagged {tag!r}, found {len(cells)}"
-        exec(compile(cells[0].source, f"{NOTEBOOK.name}[{tag}]", "exec"), namespace)
-    return namespace
+    return run_notebook_cells(NOTEBOOK, *tags)

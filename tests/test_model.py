@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 import torchinfo
 from conftest import make_digits, notebook_namespace
 from torch import nn
 
-from mnist_helpers import make_loaders
+from mnist_helpers import FastPath, choose_fast_path, make_loaders
 
 COLUMNS = ("input_size", "output_size", "num_params", "kernel_size")
 
@@ -54,16 +55,23 @@ def test_loss_falls_on_a_fixed_batch(notebook):
     assert loss_fn(model(xb), yb).item() < 0.25 * before
 
 
-def test_loops_print_the_reference_lines_and_set_the_mode(notebook, capsys):
+@pytest.mark.parametrize("fast", [choose_fast_path("cpu", enabled=False), choose_fast_path("cpu", bf16=True),
+                                  FastPath(torch.device("cpu"), amp_dtype=torch.float16, channels_last=True,
+                                           data_on_device=True)],
+                         ids=["plain", "cpu-bf16", "fp16-with-grad-scaler"])
+def test_loops_print_the_reference_lines_and_set_the_mode(notebook, capsys, fast):
     torch.manual_seed(0)
     X, y = make_digits(250)
-    train_loader, valid_loader = make_loaders(X[:200], y[:200], X[200:], y[200:], batch_size=10, seed=0)
-    model, loss_fn = notebook["TwoConvCNN"](), nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train_loader, valid_loader = make_loaders(X[:200], y[:200], X[200:], y[200:], batch_size=10, seed=0, fast=fast)
+    model, loss_fn = fast.prepare_model(notebook["TwoConvCNN"]()), nn.CrossEntropyLoss()
+    optimizer, scaler = torch.optim.Adam(model.parameters(), lr=1e-3), fast.grad_scaler()
+    assert scaler.is_enabled() == (fast.amp_dtype == torch.float16)
 
-    train_loss, train_acc = notebook["train_one_epoch"](model, train_loader, loss_fn, optimizer, "cpu", log_every=5)
+    train_loss, train_acc = notebook["train_one_epoch"](model, train_loader, loss_fn, optimizer, scaler, fast,
+                                                        log_every=5)
     assert model.training and train_loss > 0 and 0 <= train_acc <= 1
-    valid_loss, valid_acc = notebook["evaluate"](model, valid_loader, loss_fn, "cpu")
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())  # fp32 master weights
+    valid_loss, valid_acc = notebook["evaluate"](model, valid_loader, loss_fn, fast)
     assert not model.training and valid_loss > 0 and valid_acc in {k / 50 for k in range(51)}
 
     lines = capsys.readouterr().out.splitlines()
@@ -71,3 +79,35 @@ def test_loops_print_the_reference_lines_and_set_the_mode(notebook, capsys):
     assert all(re.fullmatch(r"loss: \d\.\d{6} \[ *\d+/ *\d+\]", line) for line in lines[:4]), lines
     assert re.fullmatch(r"acc: \d+\.\d{2}%, average_loss: \d\.\d{6}", lines[4]), lines
     assert lines[4] == f"acc: {100 * valid_acc:.2f}%, average_loss: {valid_loss:.6f}"
+
+
+def test_model_accepts_channels_last_and_gives_the_same_logits(notebook):
+    torch.manual_seed(0)
+    model = notebook["TwoConvCNN"]().eval()
+    xb = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(xb)
+        model = model.to(memory_format=torch.channels_last)
+        got = model(xb.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_training_learns_like_fp32(notebook, capsys):
+    """A few epochs on a learnable toy task: the bf16 fast path reaches the accuracy of the plain path."""
+    rng = np.random.default_rng(0)
+    y = np.arange(400) % 10
+    X = np.zeros((400, 784), dtype=np.uint8)
+    for i, label in enumerate(y):  # digit k lights up a bar in row band k, plus noise
+        image = rng.integers(0, 60, (28, 28))
+        image[2 + 2 * label: 4 + 2 * label, 4:24] = 255
+        X[i] = image.ravel()
+    accuracies = {}
+    for name, fast in {"plain": choose_fast_path("cpu", enabled=False), "bf16": choose_fast_path("cpu", bf16=True)}.items():
+        torch.manual_seed(0)
+        train_loader, valid_loader = make_loaders(X[:300], y[:300], X[300:], y[300:], batch_size=20, seed=0, fast=fast)
+        model, loss_fn = fast.prepare_model(notebook["TwoConvCNN"]()), nn.CrossEntropyLoss()
+        optimizer, scaler = torch.optim.Adam(model.parameters(), lr=2e-3), fast.grad_scaler()
+        for _ in range(4):
+            notebook["train_one_epoch"](model, train_loader, loss_fn, optimizer, scaler, fast)
+        accuracies[name] = notebook["evaluate"](model, valid_loader, loss_fn, fast)[1]
+    assert accuracies["plain"] >= 0.9 and accuracies["bf16"] >= 0.9, accuracies

@@ -14,7 +14,7 @@ from conftest import NOTEBOOK, REPO_DIR, SHARED_DATA_DIR, make_digits, needs_sha
 from mnist_helpers import load_test_csv, load_train_csv
 
 PARAMETERS = {"DATA_DIR": None, "EPOCHS": 15, "BATCH_SIZE": 100, "LR": 1e-3, "VALID_SIZE": 0.2, "SEED": 42,
-              "TRAIN_ROWS": None, "TEST_ROWS": None, "OUTPUT_DIR": "output"}
+              "TRAIN_ROWS": None, "TEST_ROWS": None, "OUTPUT_DIR": "output", "FAST": True}
 
 
 def run_notebook(tmp_path, **parameters):
@@ -45,23 +45,25 @@ def test_committed_notebook_has_no_outputs_and_the_parameters_cell_first():
 
 
 def test_make_run_passes_the_parameters_that_are_set():
-    dry_run = subprocess.run(["make", "-n", "run", "DATA_DIR=/some/where", "EPOCHS=2", "TRAIN_ROWS=500"],
+    dry_run = subprocess.run(["make", "-n", "run", "DATA_DIR=/some/where", "EPOCHS=2", "TRAIN_ROWS=500", "FAST=False"],
                              cwd=REPO_DIR, capture_output=True, text=True, check=True).stdout
     assert "papermill digit_recognizer.ipynb \"output/digit_recognizer.ipynb\"" in dry_run
-    assert "-p OUTPUT_DIR 'output' -p DATA_DIR '/some/where' -p EPOCHS '2' -p TRAIN_ROWS '500'" in dry_run
+    assert "-p OUTPUT_DIR 'output' -p DATA_DIR '/some/where' -p EPOCHS '2' -p TRAIN_ROWS '500' -p FAST 'False'" in dry_run
     assert "-p SEED" not in dry_run
 
 
-def test_smoke_run_on_generated_digits_writes_a_valid_submission(tmp_path):
+@pytest.mark.parametrize("fast", [True, False])
+def test_smoke_run_on_generated_digits_writes_a_valid_submission(tmp_path, fast):
     X, y = make_digits(500)
     write_train_csv(tmp_path / "train.csv", X, y)
     write_test_csv(tmp_path / "test.csv", make_digits(200, seed=1)[0])
-    output_dir, executed = run_notebook(tmp_path, DATA_DIR=str(tmp_path), EPOCHS=1)
+    output_dir, executed = run_notebook(tmp_path, DATA_DIR=str(tmp_path), EPOCHS=1, FAST=fast)
     check_submission_file(output_dir / "submission.csv", rows=200)
     history = pd.read_csv(output_dir / "history.csv")
     assert history["epoch"].tolist() == [1] and set(history.columns) >= {"train_loss", "valid_loss", "valid_acc"}
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "train.csv shape: (500, 785)" in text and "loss: " in text and "acc: " in text
+    assert f"fast path: {fast} (" in text
     assert any("image/png" in o.get("data", {}) for c in executed.cells if c.cell_type == "code" for o in c.outputs)
 
 

@@ -1,0 +1,39 @@
+"""benchmarks/bench_training.py end to end, on small generated CSVs (a few seconds of training)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+from conftest import REPO_DIR, make_digits, write_test_csv, write_train_csv
+
+
+def test_quick_benchmark_reports_every_figure_and_ends_with_the_speedup(tmp_path):
+    X, y = make_digits(1500)
+    write_train_csv(tmp_path / "train.csv", X, y)
+    write_test_csv(tmp_path / "test.csv", make_digits(600, seed=1)[0])
+    done = subprocess.run([sys.executable, "benchmarks/bench_training.py", "--quick", "--data-dir", str(tmp_path),
+                           "--images", "300", "--rounds", "1", "--json", str(tmp_path / "report.json")],
+                          cwd=REPO_DIR, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert f"data: real digits from {tmp_path}" in out and "torch " in out and "device: cpu" in out
+    assert re.search(r"plain pd\.read_csv +\d+\.\d\d s +peak RSS +\d+ MB", out)
+    assert re.search(r"load\+validate / plain read: \d+\.\d\dx", out)
+    assert re.search(r"\(a\) plain +\d+ images/s", out) and re.search(r"\(b\) fast +\d+ images/s", out)
+    assert "Prediction of 600 test images" in out
+    last = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"speedup: \d+\.\d\d", last), last
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert abs(report["speedup"] - float(last.split()[1])) < 0.006
+    assert set(report["predict_seconds"]) == {"a", "b"} and all(v > 0 for v in report["predict_seconds"].values())
+
+
+def test_benchmark_refuses_a_folder_without_the_csvs(tmp_path):
+    done = subprocess.run([sys.executable, "benchmarks/bench_training.py", "--quick", "--data-dir", str(tmp_path)],
+                          cwd=REPO_DIR, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [f"bench_training.py: no train.csv and test.csv in {tmp_path}; "
+                                                "pass the folder that holds them."]
