@@ -8,23 +8,33 @@ and a few plots. Each function takes what it needs as arguments: no notebook glo
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
+import hashlib
+import http.client
 import os
 import random
+import shutil
+import subprocess
+import sys
 import tempfile
+import urllib.error
+import urllib.request
 import warnings
-from collections.abc import Iterator, Sequence
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import IO, TextIO
 
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
 
 N_PIXELS = 28 * 28  # 784 pixels per image, stored row-major
 N_CLASSES = 10
@@ -71,6 +81,177 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         f"Get them with `{DOWNLOAD_COMMAND}` (or on Kaggle: Add Input > digit-recognizer), "
         "or point DATA_DIR at the folder that holds them."
     )
+
+
+# --- Getting the data: Kaggle, or MNIST's own files ---------------------------------------
+
+KAGGLE_RULES_URL = "https://www.kaggle.com/competitions/digit-recognizer/rules"
+MNIST_FILES = {  # the four gzipped IDX files and their published MD5 checksums (the ones torchvision checks)
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "https://yann.lecun.com/exdb/mnist/",
+)
+KAGGLE_TRAIN_ROWS = 42_000  # the competition's cut of MNIST's 70,000 images: 42,000 train, 28,000 test
+DATA_FILES = ("train.csv", "test.csv", "sample_submission.csv")
+
+
+def kaggle_credentials_found() -> bool:
+    """True when the Kaggle CLI would find credentials: KAGGLE_USERNAME/KAGGLE_KEY, or a kaggle.json."""
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY") or os.environ.get("KAGGLE_API_TOKEN"):
+        return True
+    folder = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+    return (folder / "kaggle.json").is_file() or (folder / "access_token").is_file()
+
+
+def _kaggle_failure(output: str) -> str:
+    """One line that says why `kaggle competitions download` failed, and what to do."""
+    text = " ".join(output.split())
+    if "403" in text or "Forbidden" in text or "rules" in text.lower():
+        return (f"Kaggle refused the download (403): accept the competition's rules at {KAGGLE_RULES_URL} "
+                "while signed in, then run `make data` again.")
+    if "401" in text or "Unauthorized" in text:
+        return "Kaggle rejected the credentials (401): renew the API token in ~/.kaggle/kaggle.json (Kaggle > Settings)."
+    last = output.strip().splitlines()[-1] if output.strip() else "no output"
+    return f"`kaggle competitions download` failed: {last}"
+
+
+def download_from_kaggle(data_dir: str | os.PathLike, kaggle: str = "kaggle") -> list[Path]:
+    """Download the competition's zip with the Kaggle CLI and unzip its CSVs into data_dir."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".kaggle-download-") as scratch:
+        command = [kaggle, "competitions", "download", "-c", "digit-recognizer", "-p", scratch]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise RuntimeError(f"the Kaggle CLI ({kaggle}) is not installed; `make venv` installs it.") from None
+        archives = sorted(Path(scratch).glob("*.zip"))
+        if done.returncode != 0 or not archives:
+            raise RuntimeError(_kaggle_failure(done.stdout + done.stderr))
+        try:
+            with zipfile.ZipFile(archives[0]) as archive:
+                archive.extractall(scratch, members=[n for n in archive.namelist() if n in DATA_FILES])
+        except zipfile.BadZipFile:
+            raise RuntimeError(f"Kaggle's download {archives[0].name} is not a valid zip; run `make data` again.") from None
+        written = []
+        for name in DATA_FILES:
+            if (Path(scratch) / name).is_file() and not (data_dir / name).exists():
+                os.replace(Path(scratch) / name, data_dir / name)  # whole files only, never a partial one
+                written.append(data_dir / name)
+    return written
+
+
+def _md5(path: Path) -> str:
+    """The MD5 hex digest of a file, read in 1 MB blocks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_file(url: str, path: str | os.PathLike, md5: str, show_progress: bool = True, timeout: float = 60) -> Path:
+    """Download url to path with a progress bar; keep it only if its MD5 matches (else ValueError, nothing left)."""
+    path, digest = Path(path), hashlib.md5()
+
+    def fetch(file: IO) -> None:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            size = int(response.headers.get("Content-Length") or 0) or None
+            with progress(None, path.name, show_progress, total=size, unit="B", unit_scale=True, leave=False) as bar:
+                for block in iter(lambda: response.read(1 << 16), b""):
+                    file.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+        if digest.hexdigest() != md5:  # raising here makes atomic_write delete the temp file
+            raise ValueError(f"{url}: checksum mismatch (md5 {digest.hexdigest()}, expected {md5}); "
+                             "the download is corrupt or the mirror changed the file, so nothing was kept.")
+
+    return atomic_write(path, fetch, binary=True)
+
+
+def fetch_mnist_file(name: str, md5: str, folder: str | os.PathLike, mirrors: Sequence[str] = MNIST_MIRRORS,
+                     show_progress: bool = True) -> Path:
+    """One MNIST file in folder: kept if already there with the right MD5, else tried from each mirror in turn."""
+    path = Path(folder) / name
+    if path.is_file() and _md5(path) == md5:
+        return path
+    failures = []
+    for mirror in mirrors:
+        try:
+            return download_file(mirror.rstrip("/") + "/" + name, path, md5, show_progress)
+        except (OSError, http.client.HTTPException, ValueError) as error:  # refused, 404, timeout, cut off, bad checksum
+            failures.append(f"{mirror}: {getattr(error, 'reason', None) or error}")
+    raise RuntimeError(f"could not download {name} from any mirror ({'; '.join(failures)}); check the network, "
+                       f"or get the competition's CSVs with `{DOWNLOAD_COMMAND}`.")
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read a gzipped IDX file (MNIST's format) as a uint8 array: (N, 28, 28) images or (N,) labels."""
+    with gzip.open(path, "rb") as file:
+        data = file.read()
+    dims = data[3] if len(data) >= 4 and data[:3] == b"\x00\x00\x08" else 0  # magic: 0, 0, 0x08 (uint8), ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    if dims not in (1, 3) or len(data) != 4 + 4 * dims + int(np.prod(shape)):
+        raise ValueError(f"{path}: is not a uint8 IDX file of labels or images; delete it and run `make data` again.")
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def mnist_to_kaggle_layout(raw_dir: str | os.PathLike, data_dir: str | os.PathLike,
+                           train_rows: int = KAGGLE_TRAIN_ROWS, seed: int = 0) -> list[Path]:
+    """Shuffle MNIST's 70,000 images (seeded) into train.csv, test.csv, sample_submission.csv and test_labels.csv."""
+    raw_dir, data_dir = Path(raw_dir), Path(data_dir)
+    images = np.concatenate([read_idx(raw_dir / f"{part}-images-idx3-ubyte.gz") for part in ("train", "t10k")])
+    labels = np.concatenate([read_idx(raw_dir / f"{part}-labels-idx1-ubyte.gz") for part in ("train", "t10k")])
+    if len(images) != len(labels) or not 0 < train_rows < len(labels):
+        raise ValueError(f"{raw_dir}: {len(images)} images and {len(labels)} labels cannot make {train_rows} train rows.")
+    order = np.random.default_rng(seed).permutation(len(labels))
+    pixels, labels = images[order].reshape(len(order), N_PIXELS), labels[order].astype(np.int64)
+    test_ids = np.arange(1, len(labels) - train_rows + 1)
+    frames = {
+        "train.csv": pd.DataFrame(np.column_stack([labels[:train_rows], pixels[:train_rows]]), columns=TRAIN_COLUMNS),
+        "test.csv": pd.DataFrame(pixels[train_rows:], columns=PIXEL_COLUMNS),
+        "sample_submission.csv": pd.DataFrame({"ImageId": test_ids, "Label": 0}),
+        "test_labels.csv": pd.DataFrame({"ImageId": test_ids, "Label": labels[train_rows:]}),
+    }
+    return [atomic_write(data_dir / name, lambda file, f=frame: f.to_csv(file, index=False))
+            for name, frame in frames.items()]
+
+
+def _kaggle_cli() -> str:
+    """The Kaggle CLI: the one installed beside this Python (the venv's), else the first on PATH."""
+    beside = Path(sys.executable).parent / ("kaggle.exe" if os.name == "nt" else "kaggle")
+    return str(beside) if beside.is_file() else shutil.which("kaggle") or "kaggle"
+
+
+def download_data(data_dir: str | os.PathLike = PROJECT_DIR / "data", use_kaggle: bool | None = None,
+                  mirrors: Sequence[str] = MNIST_MIRRORS, files: dict[str, str] = MNIST_FILES,
+                  train_rows: int = KAGGLE_TRAIN_ROWS, show_progress: bool = True, kaggle: str | None = None) -> Path:
+    """Put train.csv and test.csv in data_dir: from Kaggle with credentials, else built from MNIST's files."""
+    data_dir = Path(data_dir)
+    if all((data_dir / name).is_file() for name in ("train.csv", "test.csv")):
+        print(f"{data_dir}: train.csv and test.csv are already there; nothing to download.")
+        return data_dir
+    if kaggle_credentials_found() if use_kaggle is None else use_kaggle:
+        download_from_kaggle(data_dir, kaggle=kaggle or _kaggle_cli())
+        print(f"{data_dir}: the competition's files from Kaggle.")
+        return data_dir
+    raw_dir = data_dir / "mnist"  # kept, so that a second run downloads nothing
+    for name, md5 in files.items():
+        fetch_mnist_file(name, md5, raw_dir, mirrors, show_progress)
+    mnist_to_kaggle_layout(raw_dir, data_dir, train_rows)
+    with open(data_dir / "test_labels.csv") as file:
+        test_rows = sum(1 for _ in file) - 1  # less the header
+    print(f"{data_dir}: built from MNIST's own files (no Kaggle credentials used). This is MNIST in Kaggle's layout "
+          f"(train.csv {train_rows:,} rows, test.csv {test_rows:,} rows), not "
+          "Kaggle's own row order; test_labels.csv scores a submission locally: "
+          "python mnist_helpers.py score output/submission.csv data/test_labels.csv")
+    return data_dir
 
 
 # --- Loading and validating the CSVs -----------------------------------------------
@@ -147,22 +328,32 @@ def _find_bad_cell(path: Path, columns: list[str], max_rows: int | None) -> str 
     """Scan a CSV row by row and describe its first malformed row or cell, or None if all are fine."""
     with _open_text(path) as text:
         reader = csv.reader(text)
-        next(reader, None)  # the header, already checked
-        row_number = 0
-        for fields in reader:
-            if not fields:
-                continue  # blank lines are skipped, as pandas does
-            row_number += 1
-            if max_rows is not None and row_number > max_rows:
-                return None
-            where = f"{path}: row {row_number} (line {reader.line_num})"
-            if len(fields) != len(columns):
-                return f"{where} has {len(fields)} fields, expected {len(columns)}; fix or remove that row."
-            for name, cell in zip(columns, fields):
-                problem = _cell_problem(cell, 9 if name == "label" else 255)
-                if problem:
-                    kind = "labels must be integers 0-9" if name == "label" else "pixels must be integers 0-255"
-                    return f"{where}, column '{name}': {problem}; {kind}, so fix that cell or re-download the file."
+        try:
+            next(reader, None)  # the header, already checked
+            return _first_bad_row(path, reader, columns, max_rows)
+        except UnicodeDecodeError as error:
+            return f"{path}: line {reader.line_num + 1}: bytes that are not UTF-8 text ({error.reason}); re-download the file."
+        except (csv.Error, OSError, EOFError) as error:  # e.g. an unclosed quote, a truncated .gz
+            return f"{path}: line {reader.line_num}: {str(error) or type(error).__name__}; fix that line or re-download the file."
+
+
+def _first_bad_row(path: Path, reader: Iterator[list[str]], columns: list[str], max_rows: int | None) -> str | None:
+    """Describe the first row of a csv.reader with the wrong field count or a bad cell, or None."""
+    row_number = 0
+    for fields in reader:
+        if not fields:
+            continue  # blank lines are skipped, as pandas does
+        row_number += 1
+        if max_rows is not None and row_number > max_rows:
+            return None
+        where = f"{path}: row {row_number} (line {reader.line_num})"
+        if len(fields) != len(columns):
+            return f"{where} has {len(fields)} fields, expected {len(columns)}; fix or remove that row."
+        for name, cell in zip(columns, fields):
+            problem = _cell_problem(cell, 9 if name == "label" else 255)
+            if problem:
+                kind = "labels must be integers 0-9" if name == "label" else "pixels must be integers 0-255"
+                return f"{where}, column '{name}': {problem}; {kind}, so fix that cell or re-download the file."
     return None
 
 
@@ -271,11 +462,21 @@ def get_device() -> torch.device:
     return torch.device("cpu")
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and PyTorch's (CPU and CUDA) random generators."""
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA); deterministic=True also asks CUDA for repeatable kernels."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:  # CPU runs repeat without this; on CUDA it costs speed (README, "Reproducibility")
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for repeatable matmuls
+        torch.use_deterministic_algorithms(True, warn_only=True)  # warn where CUDA has no repeatable kernel
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def progress(iterable: Iterable | None = None, desc: str = "", enabled: bool = True, **kwargs) -> tqdm:
+    """A tqdm progress bar (a widget in Jupyter, text in a terminal); enabled=False shows nothing."""
+    return tqdm(iterable, desc=desc, disable=not enabled, dynamic_ncols=True, **kwargs)
 
 
 # --- The fast path ---------------------------------------------------------------------
@@ -308,7 +509,7 @@ class FastPath:
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Move the model to the device, in channels_last when enabled (and switch on cudnn.benchmark)."""
-        if self.cudnn_benchmark:
+        if self.cudnn_benchmark and not torch.are_deterministic_algorithms_enabled():
             torch.backends.cudnn.benchmark = True
         return model.to(self.device, memory_format=self.memory_format)
 
@@ -347,6 +548,70 @@ def choose_fast_path(device: torch.device | str, enabled: bool = True, bf16: boo
     return FastPath(device)  # Apple MPS and the rest: the plain fp32 path, which is known to be correct
 
 
+# --- Checkpoints and resume -------------------------------------------------------------
+
+
+def _rng_states(generator: torch.Generator | None) -> dict:
+    """Every random state a resumed run needs, as tensors and plain values (loadable with weights_only=True)."""
+    version, mt_state, gauss = random.getstate()
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(mt_state), gauss],
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+            "torch": torch.get_rng_state(),  # dropout masks on the CPU
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "loader": generator.get_state() if generator is not None else None}  # the shuffling order
+
+
+def _restore_rng_states(states: dict, generator: torch.Generator | None) -> None:
+    """Put back the random states saved by _rng_states."""
+    version, mt_state, gauss = states["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if generator is not None and states["loader"] is not None:
+        generator.set_state(states["loader"])
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+                    history: Sequence[dict], generator: torch.Generator | None = None, scaler=None, scheduler=None,
+                    config: dict | None = None) -> Path:
+    """Save all that resuming after `epoch` needs (weights, optimizer, scheduler, history, RNG), atomically."""
+    state = {"epoch": epoch, "history": [dict(row) for row in history], "config": dict(config or {}),
+             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scaler": scaler.state_dict() if scaler is not None else None,
+             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+             "rng": _rng_states(generator)}
+    return atomic_write(path, lambda file: torch.save(state, file), binary=True)
+
+
+def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    generator: torch.Generator | None = None, scaler=None, scheduler=None,
+                    config: dict | None = None) -> tuple[int, list[dict]]:
+    """Restore a save_checkpoint file into these objects and return (epoch, history); one-line errors."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no checkpoint to resume from; run with RESUME=False.") from None
+    except Exception as error:  # truncated, not a checkpoint, or holding objects weights_only refuses
+        raise ValueError(f"{path}: is not a readable checkpoint ({type(error).__name__}); "
+                         "delete it, or run with RESUME=False to start over.") from None
+    for name, value in (config or {}).items():
+        if state["config"].get(name) != value:
+            raise ValueError(f"{path}: was written with {name}={state['config'].get(name)!r} but this run has "
+                             f"{name}={value!r}; resume with the same parameters, or RESUME=False to start over.")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for target, saved in ((scaler, state["scaler"]), (scheduler, state["scheduler"])):
+        if target is not None and saved is not None:
+            target.load_state_dict(saved)
+    _restore_rng_states(state["rng"], generator)
+    return state["epoch"], state["history"]
+
+
 # --- Prediction and submission -------------------------------------------------------
 
 
@@ -357,24 +622,44 @@ def _batches(n: int, batch_size: int) -> Iterator[slice]:
     return (slice(start, start + batch_size) for start in range(0, n, batch_size))
 
 
+def _halve_after_oom(batch_size: int) -> int:
+    """The batch size to retry with after the device ran out of memory; gives up below 1."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # hand the failed batch's blocks back before retrying
+    if batch_size // 2 < 1:
+        raise RuntimeError("prediction ran out of GPU memory even with a batch of 1 image; free GPU memory "
+                           "(restart the kernel, close other notebooks) or predict on the CPU.")
+    warnings.warn(f"out of memory at a batch of {batch_size} images; retrying with {batch_size // 2}.", stacklevel=3)
+    return batch_size // 2
+
+
 def predict_proba(model: torch.nn.Module, X: np.ndarray, fast: FastPath | torch.device | str,
-                  batch_size: int | None = None) -> np.ndarray:
-    """Class probabilities (N, 10) for (N, 784) uint8 pixels, batch by batch so memory stays small."""
+                  batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
+    """Class probabilities (N, 10) for (N, 784) uint8 pixels, in batches; halves the batch after an out-of-memory."""
     fast = fast if isinstance(fast, FastPath) else FastPath(torch.device(fast))
     batch_size = fast.predict_batch_size if batch_size is None else batch_size
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     model.eval()  # dropout off
-    chunks = []
-    with torch.inference_mode(), fast.autocast():
-        for rows in _batches(len(X), batch_size):
-            xb = to_image_tensor(X[rows], fast.device).to(memory_format=fast.memory_format)  # (B, 1, 28, 28)
-            chunks.append(torch.softmax(model(xb).float(), dim=1).cpu())  # (B, 10) float32
+    chunks, start = [], 0
+    with torch.inference_mode(), fast.autocast(), progress(None, "predict", show_progress, total=len(X),
+                                                           unit="img", leave=False) as bar:
+        while start < len(X):
+            try:
+                xb = to_image_tensor(X[start:start + batch_size], fast.device).to(memory_format=fast.memory_format)
+                chunks.append(torch.softmax(model(xb).float(), dim=1).cpu())  # (B, 10) float32
+            except torch.OutOfMemoryError:
+                batch_size = _halve_after_oom(batch_size)
+                continue
+            start += len(xb)
+            bar.update(len(xb))
     return torch.cat(chunks).numpy() if chunks else np.empty((0, N_CLASSES), dtype=np.float32)
 
 
 def predict(model: torch.nn.Module, X: np.ndarray, fast: FastPath | torch.device | str,
-            batch_size: int | None = None) -> np.ndarray:
+            batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
     """Predicted labels (N,) int64 for (N, 784) uint8 pixels, computed in batches on fast's (or a plain) device."""
-    return predict_proba(model, X, fast, batch_size).argmax(axis=1).astype(np.int64)
+    return predict_proba(model, X, fast, batch_size, show_progress).argmax(axis=1).astype(np.int64)
 
 
 def check_submission(submission: pd.DataFrame, expected_rows: int | None = None) -> None:
@@ -399,22 +684,53 @@ def check_submission(submission: pd.DataFrame, expected_rows: int | None = None)
         raise ValueError(f"submission row {row}: Label is {labels[row - 1]}, expected a digit 0-9.")
 
 
-def write_submission(submission: pd.DataFrame, path: str | os.PathLike, expected_rows: int | None = None) -> Path:
-    """Check the submission, then write it atomically (temp file, then rename) so a good file is never lost."""
-    check_submission(submission, expected_rows)
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = False) -> Path:
+    """Write path through a temp file in the same folder, then rename: the old file survives any failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w", newline="") as file:
-            submission.to_csv(file, index=False)
+        with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"newline": ""})) as file:
+            write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
+        os.replace(temporary, path)  # atomic on POSIX and Windows
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_submission(submission: pd.DataFrame, path: str | os.PathLike, expected_rows: int | None = None) -> Path:
+    """Check the submission, then write it atomically (temp file, then rename) so a good file is never lost."""
+    check_submission(submission, expected_rows)
+    return atomic_write(path, lambda file: submission.to_csv(file, index=False))
+
+
+def read_submission_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """Read an ImageId,Label CSV (a submission or test_labels.csv), or raise a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file.")
+    try:
+        return pd.read_csv(path, encoding="utf-8-sig", skipinitialspace=True)
+    except (ValueError, pd.errors.ParserError, OSError, EOFError) as error:  # EmptyDataError, bad bytes, ...
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path}: is not a readable CSV ({reason}); it needs the header ImageId,Label.") from None
+
+
+def score_submission(submission_path: str | os.PathLike, labels_path: str | os.PathLike) -> float:
+    """Validate a submission as Kaggle does (header, one row per label, ids 1..N, digits) and print its accuracy."""
+    labels, submission = read_submission_csv(labels_path), read_submission_csv(submission_path)
+    for path, frame, rows in ((labels_path, labels, None), (submission_path, submission, len(labels))):
+        try:
+            check_submission(frame, expected_rows=rows)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+    correct = int((submission["Label"].to_numpy() == labels["Label"].to_numpy()).sum())
+    accuracy = correct / len(labels)
+    print(f"{submission_path}: accuracy {accuracy:.5f} ({correct} of {len(labels)} correct) against {labels_path}")
+    return accuracy
 
 
 # --- Plots -----------------------------------------------------------------------------
@@ -481,3 +797,32 @@ def run_notebook_cells(notebook: str | os.PathLike, *tags: str) -> dict:
             raise ValueError(f"{notebook}: expected one code cell tagged {tag!r}, found {len(tagged)}.")
         exec(compile(tagged[0].source, f"{Path(notebook).name}[{tag}]", "exec"), namespace)
     return namespace
+
+
+# --- Command line: python mnist_helpers.py download | score ---------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python mnist_helpers.py download [--data-dir DIR] [--mnist]` or `score SUBMISSION LABELS`; 1 on error."""
+    parser = argparse.ArgumentParser(prog="python mnist_helpers.py", description="Digit Recognizer data and scoring.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    download = commands.add_parser("download", help="put train.csv and test.csv in data/: Kaggle, else MNIST's files")
+    download.add_argument("--data-dir", default=str(PROJECT_DIR / "data"), help="where the CSVs go (default: data/)")
+    download.add_argument("--mnist", action="store_true", help="build them from MNIST's files even with Kaggle credentials")
+    score = commands.add_parser("score", help="validate a submission as Kaggle does and print its accuracy")
+    score.add_argument("submission", help="the submission CSV (ImageId,Label)")
+    score.add_argument("labels", help="the true labels in the same layout, e.g. data/test_labels.csv")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "download":
+            download_data(args.data_dir, use_kaggle=False if args.mnist else None)
+        else:
+            score_submission(args.submission, args.labels)
+    except (ValueError, RuntimeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

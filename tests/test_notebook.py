@@ -9,12 +9,14 @@ import numpy as np
 import pandas as pd
 import papermill
 import pytest
-from conftest import NOTEBOOK, REPO_DIR, SHARED_DATA_DIR, make_digits, needs_shared_data, write_test_csv, write_train_csv
+from conftest import (NOTEBOOK, REPO_DIR, SHARED_DATA_DIR, make_digits, needs_shared_data, run_notebook_in_process,
+                      write_test_csv, write_train_csv)
 
 from mnist_helpers import load_test_csv, load_train_csv
 
 PARAMETERS = {"DATA_DIR": None, "EPOCHS": 15, "BATCH_SIZE": 100, "LR": 1e-3, "VALID_SIZE": 0.2, "SEED": 42,
-              "TRAIN_ROWS": None, "TEST_ROWS": None, "OUTPUT_DIR": "output", "FAST": True}
+              "TRAIN_ROWS": None, "TEST_ROWS": None, "OUTPUT_DIR": "output", "FAST": True,
+              "PROGRESS": True, "LOSS_LINES": True, "RESUME": False, "DETERMINISTIC": False}
 
 
 def run_notebook(tmp_path, **parameters):
@@ -91,3 +93,47 @@ def test_two_epochs_on_3000_real_digits_reach_90_percent(tmp_path):
     assert len(history) == 2
     assert history["valid_acc"].iloc[-1] >= 0.90, history
     check_submission_file(output_dir / "submission.csv", rows=1000)
+
+
+@pytest.fixture
+def previous_submission(tmp_path):
+    """An OUTPUT_DIR that already holds a good submission.csv from an earlier run."""
+    output_dir = tmp_path / "output"
+    output_dir.mkdir()
+    path = output_dir / "submission.csv"
+    path.write_text("ImageId,Label\n" + "".join(f"{i},{i % 10}\n" for i in range(1, 201)))
+    return path
+
+
+def test_a_run_that_fails_before_writing_leaves_the_old_submission_byte_identical(tmp_path, previous_submission):
+    X, y = make_digits(100)
+    write_train_csv(tmp_path / "train.csv", X, y)
+    (tmp_path / "test.csv").write_text(",".join(f"pixel{i}" for i in range(784)) + "\n" + "1," * 783 + "oops\n")
+    before = previous_submission.read_bytes()
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        run_notebook(tmp_path, DATA_DIR=str(tmp_path), EPOCHS=1)
+    assert error.value.ename == "ValueError" and "column 'pixel783': 'oops' is not a number" in error.value.evalue
+    assert previous_submission.read_bytes() == before
+
+
+def test_a_run_that_fails_while_writing_leaves_the_old_submission_byte_identical(tmp_path, previous_submission,
+                                                                                  monkeypatch):
+    X, y = make_digits(100)
+    write_train_csv(tmp_path / "train.csv", X, y)
+    write_test_csv(tmp_path / "test.csv", make_digits(200, seed=1)[0])
+    before = previous_submission.read_bytes()
+
+    to_csv = pd.DataFrame.to_csv
+
+    def disk_full(self, file, *args, **kwargs):
+        if not hasattr(file, "write"):  # history.csv is written by path; the submission through a temp file
+            return to_csv(self, file, *args, **kwargs)
+        file.write("ImageId,Label\n1,")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_notebook_in_process({"DATA_DIR": str(tmp_path), "EPOCHS": 1, "OUTPUT_DIR": str(previous_submission.parent),
+                                 "PROGRESS": False}, until_tag="submission")
+    assert previous_submission.read_bytes() == before
+    assert sorted(p.name for p in previous_submission.parent.iterdir()) == ["checkpoint.pt", "history.csv", "submission.csv"]

@@ -7,10 +7,11 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import make_digits
+from conftest import make_digits, notebook_namespace
 from torch import nn
 
-from mnist_helpers import get_device, predict, predict_proba, seed_everything
+from mnist_helpers import (FastPath, choose_fast_path, get_device, make_loaders, predict, predict_proba,
+                           seed_everything)
 
 
 @pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
@@ -68,3 +69,72 @@ def test_predict_handles_no_rows_and_rejects_a_zero_batch():
     assert predict(BatchRecorder(), make_digits(0)[0], "cpu").shape == (0,)
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         predict(BatchRecorder(), make_digits(3)[0], "cpu", batch_size=0)
+
+
+class RunsOutOfMemory(BatchRecorder):
+    """Raises CUDA's out-of-memory error for any batch larger than `limit`, as a small GPU would."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, x):
+        if len(x) > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate for {len(x)} images")
+        return super().forward(x)
+
+
+def test_prediction_halves_the_batch_after_out_of_memory_and_keeps_every_row():
+    torch.manual_seed(0)
+    model, (X, _) = RunsOutOfMemory(limit=300), make_digits(2500)
+    with pytest.warns(UserWarning) as caught:
+        labels = predict(model, X, "cpu", batch_size=1000)
+    assert [str(w.message) for w in caught] == ["out of memory at a batch of 1000 images; retrying with 500.",
+                                                "out of memory at a batch of 500 images; retrying with 250."]
+    assert set(model.batch_sizes) == {250} and sum(model.batch_sizes) == 2500
+    with torch.no_grad():
+        expected = model.linear(torch.from_numpy(X).float().div(255)).argmax(1).numpy()
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_prediction_gives_up_below_a_batch_of_one_with_a_clear_message():
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError) as error:
+        predict(RunsOutOfMemory(limit=0), make_digits(10)[0], "cpu", batch_size=4)
+    assert str(error.value) == ("prediction ran out of GPU memory even with a batch of 1 image; free GPU memory "
+                                "(restart the kernel, close other notebooks) or predict on the CPU.")
+
+
+@pytest.fixture
+def restore_determinism():
+    yield
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.deterministic = False
+
+
+def test_deterministic_seeding_gives_identical_losses_on_cpu(restore_determinism):
+    notebook = notebook_namespace("imports", "model", "train-loop")
+    X, y = make_digits(200)
+
+    def losses():
+        seed_everything(7, deterministic=True)
+        fast = choose_fast_path("cpu")
+        model = fast.prepare_model(notebook["TwoConvCNN"]())
+        optimizer, loss_fn = torch.optim.Adam(model.parameters(), lr=1e-3), nn.CrossEntropyLoss()
+        train_loader, valid_loader = make_loaders(X[:160], y[:160], X[160:], y[160:], batch_size=20, seed=7, fast=fast)
+        history = []
+        for _ in range(2):
+            history.append(notebook["train_one_epoch"](model, train_loader, loss_fn, optimizer, fast.grad_scaler(),
+                                                       fast, log_every=0))
+            history.append(notebook["evaluate"](model, valid_loader, loss_fn, fast, verbose=False))
+        return history
+
+    first = losses()
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    assert losses() == first  # bit for bit, not approximately
+
+
+def test_deterministic_mode_keeps_cudnn_autotuning_off(restore_determinism, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    seed_everything(0, deterministic=True)
+    FastPath(torch.device("cpu"), cudnn_benchmark=True).prepare_model(nn.Linear(2, 2))
+    assert not torch.backends.cudnn.benchmark  # autotuning picks kernels by timing, so runs could differ

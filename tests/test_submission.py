@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO_DIR
 
-from mnist_helpers import check_submission, write_submission
+from mnist_helpers import check_submission, score_submission, write_submission
 
 
 def _submission(n=5, labels=None):
@@ -59,3 +63,47 @@ def test_a_failure_while_writing_keeps_the_old_file(tmp_path, monkeypatch):
 
 def test_check_submission_accepts_a_good_frame():
     check_submission(_submission(28000), expected_rows=28000)
+
+
+# --- score_submission: local scoring against test_labels.csv ------------------------------
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def labels_csv(tmp_path):
+    return _write(tmp_path / "test_labels.csv", "ImageId,Label\n1,7\n2,2\n3,1\n4,0\n")
+
+
+def test_score_prints_and_returns_the_accuracy(tmp_path, labels_csv, capsys):
+    submission = _write(tmp_path / "submission.csv", "ImageId,Label\n1,7\n2,2\n3,3\n4,0\n")
+    assert score_submission(submission, labels_csv) == 0.75
+    assert capsys.readouterr().out == f"{submission}: accuracy 0.75000 (3 of 4 correct) against {labels_csv}\n"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("ImageId,Label\n1,7\n2,2\n3,1\n", "submission has 3 rows, expected 4"),
+    ("Id,Label\n1,7\n2,2\n3,1\n4,0\n", "submission columns are ['Id', 'Label']"),
+    ("ImageId,Label\n0,7\n1,2\n2,1\n3,0\n", "row 1: ImageId is 0, expected 1"),
+    ("ImageId,Label\n1,7\n2,12\n3,1\n4,0\n", "row 2: Label is 12, expected a digit 0-9"),
+    ("ImageId,Label\n1,7\n2,2.5\n3,1\n4,0\n", "column 'Label' must hold integers"),
+    ("ImageId,Label\n1,7\n2,\n3,1\n4,0\n", "column 'Label' must hold integers"),
+    ("", "is not a readable CSV"),
+    ("ImageId,Label\n1,7,9\n\x00\x00\n", "submission"),
+])
+def test_score_validates_like_kaggle_with_one_line_naming_the_file(tmp_path, labels_csv, text, words):
+    submission = _write(tmp_path / "submission.csv", text)
+    with pytest.raises(ValueError) as error:
+        score_submission(submission, labels_csv)
+    message = str(error.value)
+    assert message.startswith(f"{submission}: ") and words in message and "\n" not in message
+
+
+def test_score_from_the_command_line(tmp_path, labels_csv):
+    submission = _write(tmp_path / "submission.csv", "ImageId,Label\n1,7\n2,2\n3,1\n4,0\n")
+    done = subprocess.run([sys.executable, "mnist_helpers.py", "score", str(submission), str(labels_csv)],
+                          cwd=REPO_DIR, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == f"{submission}: accuracy 1.00000 (4 of 4 correct) against {labels_csv}"

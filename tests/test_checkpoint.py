@@ -1,0 +1,144 @@
+"""Checkpoints: what they hold, one-line refusals, atomic writes, and an interrupted run resumed to the same weights."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import make_digits, run_notebook_in_process, write_test_csv, write_train_csv
+from torch import nn
+
+from mnist_helpers import load_checkpoint, save_checkpoint
+
+
+def small_training_objects(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)
+    return model, optimizer, scheduler
+
+
+def step(model, optimizer, scheduler):
+    loss = model(torch.randn(5, 4)).square().mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+
+
+def test_checkpoint_round_trip_restores_weights_optimizer_scheduler_history_and_rng(tmp_path):
+    model, optimizer, scheduler = small_training_objects()
+    generator = torch.Generator().manual_seed(5)
+    step(model, optimizer, scheduler)
+    history = [{"epoch": 1, "valid_acc": 0.5}]
+    path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 1, history, generator,
+                           scheduler=scheduler, config={"SEED": 1})
+    expected = (random.random(), np.random.rand(), torch.rand(2).tolist(), torch.rand(2, generator=generator).tolist())
+
+    fresh, fresh_optimizer, fresh_scheduler = small_training_objects(seed=99)
+    fresh_generator = torch.Generator().manual_seed(0)
+    epoch, restored = load_checkpoint(path, fresh, fresh_optimizer, fresh_generator, scheduler=fresh_scheduler,
+                                      config={"SEED": 1})
+    assert epoch == 1 and restored == history
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    assert fresh_optimizer.state_dict()["state"][0]["step"] == 1
+    assert fresh_scheduler.last_epoch == 1 and fresh_optimizer.param_groups[0]["lr"] == pytest.approx(9e-3)
+    got = (random.random(), np.random.rand(), torch.rand(2).tolist(), torch.rand(2, generator=fresh_generator).tolist())
+    assert got == expected  # python, numpy, torch and the loader's generator all continue where they were
+
+
+def test_resuming_with_other_parameters_is_refused_in_one_line(tmp_path):
+    model, optimizer, _ = small_training_objects()
+    path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 2, [], config={"EPOCHS": 15, "LR": 0.001})
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(path, model, optimizer, config={"EPOCHS": 15, "LR": 0.01})
+    message = str(error.value)
+    assert message == (f"{path}: was written with LR=0.001 but this run has LR=0.01; resume with the same "
+                       "parameters, or RESUME=False to start over.")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04truncated zip"])
+def test_a_damaged_checkpoint_gets_one_line(tmp_path, content):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(content)
+    model, optimizer, _ = small_training_objects()
+    with pytest.raises(ValueError, match=r"is not a readable checkpoint \(\w+\); delete it, or run with RESUME=False"):
+        load_checkpoint(path, model, optimizer)
+
+
+class Payload:
+    """An object that would run code when unpickled without weights_only."""
+
+    def __reduce__(self):
+        return (print, ("this must not run",))
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 1, "payload": Payload()}, path)
+    model, optimizer, _ = small_training_objects()
+    with pytest.raises(ValueError, match="is not a readable checkpoint"):
+        load_checkpoint(path, model, optimizer)
+
+
+def test_a_missing_checkpoint_says_so(tmp_path):
+    model, optimizer, _ = small_training_objects()
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from; run with RESUME=False"):
+        load_checkpoint(tmp_path / "nothing.pt", model, optimizer)
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model, optimizer, _ = small_training_objects()
+    path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 1, [])
+    before = path.read_bytes()
+
+    def broken_save(obj, file, *args, **kwargs):
+        file.write(b"half a checkpoint")
+        raise pickle.PicklingError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(pickle.PicklingError):
+        save_checkpoint(path, model, optimizer, 2, [])
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+class Interrupted(Exception):
+    """Stands in for a run cut off after its first epoch."""
+
+
+def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
+    X, y = make_digits(300)
+    write_train_csv(tmp_path / "train.csv", X, y)
+    write_test_csv(tmp_path / "test.csv", make_digits(40, seed=1)[0])
+    common = {"DATA_DIR": str(tmp_path), "EPOCHS": 3, "BATCH_SIZE": 20, "PROGRESS": False, "LOSS_LINES": False}
+
+    whole = run_notebook_in_process({**common, "OUTPUT_DIR": str(tmp_path / "whole")}, until_tag="train")
+
+    def interrupt_after_one_epoch(namespace):
+        train_one_epoch, calls = namespace["train_one_epoch"], []
+
+        def wrapped(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise Interrupted
+            return train_one_epoch(*args, **kwargs)
+
+        namespace["train_one_epoch"] = wrapped
+
+    cut = {**common, "OUTPUT_DIR": str(tmp_path / "cut")}
+    with pytest.raises(Interrupted):
+        run_notebook_in_process(cut, until_tag="train", after={"train-loop": interrupt_after_one_epoch})
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    resumed = run_notebook_in_process({**cut, "RESUME": True}, until_tag="train")
+
+    history = pd.read_csv(tmp_path / "cut" / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3]
+    expected = pd.read_csv(tmp_path / "whole" / "history.csv")
+    pd.testing.assert_frame_equal(history.drop(columns="seconds"), expected.drop(columns="seconds"))
+    for name, weight in whole["model"].state_dict().items():
+        assert torch.equal(resumed["model"].state_dict()[name], weight), name

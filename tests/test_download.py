@@ -1,0 +1,249 @@
+"""make data: MNIST from mirrors (a local HTTP server on 127.0.0.1, never the internet) and the Kaggle CLI (a fake)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import os
+import stat
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO_DIR, make_digits, write_test_csv, write_train_csv
+
+from mnist_helpers import (download_data, download_from_kaggle, kaggle_credentials_found, load_test_csv,
+                           load_train_csv, mnist_to_kaggle_layout, read_idx)
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """A gzipped IDX file of uint8 data: magic 0 0 8 ndim, big-endian sizes, then the bytes."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    return gzip.compress(header + array.astype(np.uint8).tobytes(), mtime=0)
+
+
+@pytest.fixture(scope="module")
+def mnist_files() -> dict[str, bytes]:
+    """Small stand-ins for the four MNIST files: 60 'train' and 40 't10k' images."""
+    rng = np.random.default_rng(0)
+    files = {}
+    for part, n in (("train", 60), ("t10k", 40)):
+        files[f"{part}-images-idx3-ubyte.gz"] = idx_bytes(rng.integers(0, 256, (n, 28, 28)))
+        files[f"{part}-labels-idx1-ubyte.gz"] = idx_bytes(np.arange(n) % 10)
+    return files
+
+
+@pytest.fixture(scope="module")
+def checksums(mnist_files) -> dict[str, str]:
+    return {name: hashlib.md5(data).hexdigest() for name, data in mnist_files.items()}
+
+
+class Mirror:
+    """A local HTTP server that serves given bytes under /good/, corrupted ones under /bad/, and counts requests."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files, self.requests = files, []
+        mirror = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                mirror.requests.append(self.path)
+                folder, _, name = self.path.strip("/").partition("/")
+                if name not in mirror.files or folder not in ("good", "bad"):
+                    self.send_error(404)
+                    return
+                data = mirror.files[name]
+                data = data[:-10] + b"corrupted!" if folder == "bad" else data
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def mirror(mnist_files):
+    server = Mirror(mnist_files)
+    yield server
+    server.close()
+
+
+def download(data_dir, mirrors, checksums):
+    return download_data(data_dir, use_kaggle=False, mirrors=mirrors, files=checksums, train_rows=70,
+                         show_progress=False)
+
+
+def test_mnist_download_builds_the_competition_layout_and_test_labels(tmp_path, mirror, checksums, mnist_files, capsys):
+    data_dir = download(tmp_path / "data", [mirror.url + "/good/"], checksums)
+    X, y = load_train_csv(data_dir / "train.csv")
+    X_test = load_test_csv(data_dir / "test.csv")
+    assert X.shape == (70, 784) and X_test.shape == (30, 784)
+    sample = pd.read_csv(data_dir / "sample_submission.csv")
+    labels = pd.read_csv(data_dir / "test_labels.csv")
+    assert list(sample.columns) == list(labels.columns) == ["ImageId", "Label"]
+    assert sample["ImageId"].tolist() == labels["ImageId"].tolist() == list(range(1, 31)) and (sample["Label"] == 0).all()
+    # Every image keeps its own label: rebuild the 100 (image, label) pairs and compare as sets.
+    images = np.concatenate([read_idx(data_dir / "mnist" / f"{p}-images-idx3-ubyte.gz") for p in ("train", "t10k")])
+    truth = np.concatenate([read_idx(data_dir / "mnist" / f"{p}-labels-idx1-ubyte.gz") for p in ("train", "t10k")])
+    original = {(img.tobytes(), int(label)) for img, label in zip(images.reshape(100, 784), truth)}
+    rebuilt = {(img.tobytes(), int(label)) for img, label in zip(np.vstack([X, X_test]),
+                                                                 np.concatenate([y, labels["Label"]]))}
+    assert rebuilt == original
+    assert "This is MNIST in Kaggle's layout" in capsys.readouterr().out
+    assert not list(data_dir.rglob("*.tmp"))
+
+
+def test_the_split_is_seeded(tmp_path, mirror, checksums):
+    first = download(tmp_path / "a", [mirror.url + "/good/"], checksums)
+    second = download(tmp_path / "b", [mirror.url + "/good/"], checksums)
+    assert (first / "train.csv").read_bytes() == (second / "train.csv").read_bytes()
+
+
+def test_a_mirror_that_is_down_falls_through_to_the_next(tmp_path, mirror, checksums):
+    down = "http://127.0.0.1:9/"  # the discard port: nothing listens, so the connection is refused
+    data_dir = download(tmp_path / "data", [down, mirror.url + "/missing/", mirror.url + "/good/"], checksums)
+    assert (data_dir / "train.csv").is_file()
+    assert sum(path.startswith("/missing/") for path in mirror.requests) == 4  # a 404 for each file, then the next
+
+
+def test_a_corrupted_file_gives_a_checksum_error_and_leaves_nothing_behind(tmp_path, mirror, checksums):
+    data_dir = tmp_path / "data"
+    with pytest.raises(RuntimeError) as error:
+        download(data_dir, [mirror.url + "/bad/"], checksums)
+    message = str(error.value)
+    assert "\n" not in message and "checksum mismatch" in message and "could not download" in message
+    assert [p for p in data_dir.rglob("*") if p.is_file()] == []  # no partial file under any name
+
+
+def test_a_second_run_downloads_nothing(tmp_path, mirror, checksums, capsys):
+    data_dir = download(tmp_path / "data", [mirror.url + "/good/"], checksums)
+    assert len(mirror.requests) == 4
+    before = {p: p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()}
+    download(data_dir, [mirror.url + "/good/"], checksums)
+    assert len(mirror.requests) == 4 and "already there" in capsys.readouterr().out
+    (data_dir / "train.csv").unlink()  # the CSVs are rebuilt from the kept MNIST files, still without a download
+    download(data_dir, [mirror.url + "/good/"], checksums)
+    assert len(mirror.requests) == 4 and (data_dir / "train.csv").is_file()
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items() if p.parent.name == "mnist")
+
+
+def test_a_damaged_kept_file_is_fetched_again(tmp_path, mirror, checksums):
+    data_dir = download(tmp_path / "data", [mirror.url + "/good/"], checksums)
+    for name in ("train.csv", "test.csv"):
+        (data_dir / name).unlink()
+    (data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"truncated")
+    download(data_dir, [mirror.url + "/good/"], checksums)
+    assert mirror.requests[-1] == "/good/t10k-labels-idx1-ubyte.gz" and len(mirror.requests) == 5
+
+
+def test_read_idx_refuses_what_is_not_idx(tmp_path):
+    path = tmp_path / "bad.gz"
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big")))
+    with pytest.raises(ValueError, match="is not a uint8 IDX file"):
+        read_idx(path)
+
+
+def test_conversion_refuses_an_impossible_split(tmp_path, mnist_files):
+    for name, data in mnist_files.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(ValueError, match="cannot make 100 train rows"):
+        mnist_to_kaggle_layout(tmp_path, tmp_path / "out", train_rows=100)
+
+
+# --- The Kaggle CLI, replaced by a small script --------------------------------------------
+
+
+def fake_kaggle(tmp_path: Path, body: str) -> str:
+    """A `kaggle` executable that runs the given Python body with sys.argv as the CLI would get it."""
+    script = tmp_path / "kaggle"
+    script.write_text(f"#!{sys.executable}\nimport sys, zipfile, pathlib\n{body}\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+@pytest.fixture
+def competition_zip(tmp_path) -> Path:
+    X, y = make_digits(30)
+    write_train_csv(tmp_path / "train.csv", X, y)
+    write_test_csv(tmp_path / "test.csv", make_digits(10, seed=1)[0])
+    pd.DataFrame({"ImageId": range(1, 11), "Label": 0}).to_csv(tmp_path / "sample_submission.csv", index=False)
+    archive = tmp_path / "digit-recognizer.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name in ("train.csv", "test.csv", "sample_submission.csv"):
+            zf.write(tmp_path / name, name)
+    return archive
+
+
+def test_kaggle_download_unzips_the_competition_files(tmp_path, competition_zip):
+    kaggle = fake_kaggle(tmp_path, f"""
+args = sys.argv[1:]
+assert args[:4] == ["competitions", "download", "-c", "digit-recognizer"], args
+folder = pathlib.Path(args[args.index("-p") + 1])
+folder.joinpath("digit-recognizer.zip").write_bytes(pathlib.Path({str(competition_zip)!r}).read_bytes())
+""")
+    data_dir = download_data(tmp_path / "data", use_kaggle=True, kaggle=kaggle)
+    assert sorted(p.name for p in data_dir.iterdir()) == ["sample_submission.csv", "test.csv", "train.csv"]
+    assert load_train_csv(data_dir / "train.csv")[0].shape == (30, 784)
+
+
+@pytest.mark.parametrize("output, expected", [
+    ("403 - Forbidden - You must accept this competition's rules before you'll be able to download files.",
+     "Kaggle refused the download (403): accept the competition's rules at "
+     "https://www.kaggle.com/competitions/digit-recognizer/rules while signed in, then run `make data` again."),
+    ("403 Client Error: Forbidden for url: https://www.kaggle.com/api/v1/competitions/data/download-all/x",
+     "Kaggle refused the download (403)"),
+    ("401 Client Error: Unauthorized for url: https://www.kaggle.com/api/v1/x", "Kaggle rejected the credentials (401)"),
+    ("Traceback (most recent call last):\n  ...\nOSError: something else", "failed: OSError: something else"),
+])
+def test_kaggle_errors_are_relayed_in_one_line(tmp_path, output, expected):
+    kaggle = fake_kaggle(tmp_path, f"print({output!r}); sys.exit(1)")
+    with pytest.raises(RuntimeError) as error:
+        download_from_kaggle(tmp_path / "data", kaggle=kaggle)
+    assert expected in str(error.value) and "\n" not in str(error.value)
+    assert not [p for p in (tmp_path / "data").rglob("*")]  # the scratch folder is gone
+
+
+def test_a_missing_kaggle_cli_is_explained(tmp_path):
+    with pytest.raises(RuntimeError, match="is not installed; `make venv` installs it"):
+        download_from_kaggle(tmp_path, kaggle=str(tmp_path / "no-such-kaggle"))
+
+
+def test_credentials_are_found_in_the_environment_or_kaggle_json(tmp_path, monkeypatch):
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path))
+    assert not kaggle_credentials_found()
+    (tmp_path / "kaggle.json").write_text('{"username": "u", "key": "k"}')
+    assert kaggle_credentials_found()
+    (tmp_path / "kaggle.json").unlink()
+    monkeypatch.setenv("KAGGLE_USERNAME", "u")
+    monkeypatch.setenv("KAGGLE_KEY", "k")
+    assert kaggle_credentials_found()
+
+
+def test_make_data_runs_the_download_command():
+    dry_run = subprocess.run(["make", "-n", "data"], cwd=REPO_DIR, capture_output=True, text=True, check=True).stdout
+    assert "mnist_helpers.py download --data-dir data" in dry_run
+
+
+def test_the_command_line_reports_errors_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "mnist_helpers.py", "score", str(tmp_path / "sub.csv"),
+                           str(tmp_path / "labels.csv")], cwd=REPO_DIR, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [f"error: {tmp_path / 'labels.csv'}: no such file."]
