@@ -12,7 +12,8 @@ STAMP := $(VENV)/.requirements-installed
 NOTEBOOK := digit_recognizer.ipynb
 OUTPUT_DIR ?= output
 # Notebook parameters that `make run` hands to papermill when they are set (OUTPUT_DIR always is).
-PARAMETERS := DATA_DIR EPOCHS BATCH_SIZE LR VALID_SIZE SEED TRAIN_ROWS TEST_ROWS FAST PROGRESS LOSS_LINES RESUME DETERMINISTIC
+PARAMETERS := DATA_DIR EPOCHS BATCH_SIZE LR VALID_SIZE SEED TRAIN_ROWS TEST_ROWS FAST PROGRESS LOSS_LINES RESUME \
+              DETERMINISTIC RECIPE BEST_EPOCHS BEST_LR ENSEMBLE TTA FINAL_FIT
 PAPERMILL_PARAMETERS = $(strip -p OUTPUT_DIR '$(OUTPUT_DIR)' $(foreach p,$(PARAMETERS),$(if $($(p)),-p $(p) '$($(p))')))
 
 .PHONY: help venv data run test bench clean

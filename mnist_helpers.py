@@ -32,6 +32,7 @@ from typing import IO, TextIO
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
@@ -161,6 +162,7 @@ def download_file(url: str, path: str | os.PathLike, md5: str, show_progress: bo
     path, digest = Path(path), hashlib.md5()
 
     def fetch(file: IO) -> None:
+        """Stream the body into file, hashing it on the way."""
         with urllib.request.urlopen(url, timeout=timeout) as response:
             size = int(response.headers.get("Content-Length") or 0) or None
             with progress(None, path.name, show_progress, total=size, unit="B", unit_scale=True, leave=False) as bar:
@@ -434,19 +436,18 @@ class DeviceBatches:
             yield images[index], labels[index]
 
 
-def make_loaders(X_train: np.ndarray, y_train: np.ndarray, X_valid: np.ndarray, y_valid: np.ndarray,
-                 batch_size: int, seed: int,
-                 fast: FastPath | None = None) -> tuple[DataLoader | DeviceBatches, DataLoader | DeviceBatches]:
-    """Training and validation batches; only training shuffles (seeded). A fast path may keep them on its device."""
+def make_loaders(X_train: np.ndarray, y_train: np.ndarray, X_valid: np.ndarray | None, y_valid: np.ndarray | None,
+                 batch_size: int, seed: int, fast: FastPath | None = None) -> tuple:
+    """Training and validation batches (valid is None without X_valid); only training shuffles, seeded; fast: on device."""
     generator = torch.Generator().manual_seed(seed)
     if fast is not None and fast.data_on_device:
-        eval_batch_size = fast.eval_batch_size or batch_size
-        return (DeviceBatches(X_train, y_train, batch_size, fast.device, shuffle=True, generator=generator),
-                DeviceBatches(X_valid, y_valid, eval_batch_size, fast.device))
-    train_set = TensorDataset(to_image_tensor(X_train), torch.from_numpy(np.asarray(y_train, dtype=np.int64)))
-    valid_set = TensorDataset(to_image_tensor(X_valid), torch.from_numpy(np.asarray(y_valid, dtype=np.int64)))
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
-    valid_loader = DataLoader(valid_set, batch_size=batch_size, shuffle=False)
+        train = DeviceBatches(X_train, y_train, batch_size, fast.device, shuffle=True, generator=generator)
+        valid = None if X_valid is None else DeviceBatches(X_valid, y_valid, fast.eval_batch_size or batch_size,
+                                                           fast.device)
+        return train, valid
+    as_dataset = lambda X, y: TensorDataset(to_image_tensor(X), torch.from_numpy(np.asarray(y, dtype=np.int64)))  # noqa: E731
+    train_loader = DataLoader(as_dataset(X_train, y_train), batch_size=batch_size, shuffle=True, generator=generator)
+    valid_loader = None if X_valid is None else DataLoader(as_dataset(X_valid, y_valid), batch_size=batch_size)
     return train_loader, valid_loader
 
 
@@ -548,6 +549,34 @@ def choose_fast_path(device: torch.device | str, enabled: bool = True, bf16: boo
     return FastPath(device)  # Apple MPS and the rest: the plain fp32 path, which is known to be correct
 
 
+# --- Going further: augmentation and schedules ---------------------------------------------
+
+
+def random_affine(images: torch.Tensor, degrees: float = 10.0, zoom: float = 0.1, shift: float = 0.1,
+                  strength: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rotate (±degrees), zoom (1±zoom) and shift (±shift of the size) each (B, 1, H, W) image at random; no flips."""
+    # Four uniform draws in [-1, 1) per image (angle, zoom, dx, dy), on the CPU so that a CPU generator can seed them.
+    u = (torch.rand(len(images), 4, generator=generator) * 2 - 1).to(images.device) * strength
+    angle, scale = u[:, 0] * degrees * torch.pi / 180, 1 + u[:, 1] * zoom
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale  # output -> input coordinates, so 1/scale
+    theta = torch.stack([torch.stack([cos, -sin, u[:, 2] * 2 * shift], 1),  # grid units: the image spans [-1, 1],
+                         torch.stack([sin, cos, u[:, 3] * 2 * shift], 1)], 1)  # so 10% of it is 0.2
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)  # (B, H, W, 2)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def one_cycle_lrs(max_lr: float, epochs: int, steps_per_epoch: int) -> np.ndarray:
+    """The learning rate at every step of torch's OneCycleLR with these settings (for plotting the schedule)."""
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=max_lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    lrs = []
+    for _ in range(epochs * steps_per_epoch):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return np.array(lrs)
+
+
 # --- Checkpoints and resume -------------------------------------------------------------
 
 
@@ -634,8 +663,12 @@ def _halve_after_oom(batch_size: int) -> int:
 
 
 def predict_proba(model: torch.nn.Module, X: np.ndarray, fast: FastPath | torch.device | str,
-                  batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
-    """Class probabilities (N, 10) for (N, 784) uint8 pixels, in batches; halves the batch after an out-of-memory."""
+                  batch_size: int | None = None, show_progress: bool = False,
+                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """Class probabilities (N, 10) for (N, 784) uint8 pixels, in batches; halves the batch after an out-of-memory.
+
+    transform, if given, changes each (B, 1, 28, 28) batch first (test-time augmentation).
+    """
     fast = fast if isinstance(fast, FastPath) else FastPath(torch.device(fast))
     batch_size = fast.predict_batch_size if batch_size is None else batch_size
     if batch_size < 1:
@@ -646,7 +679,8 @@ def predict_proba(model: torch.nn.Module, X: np.ndarray, fast: FastPath | torch.
                                                            unit="img", leave=False) as bar:
         while start < len(X):
             try:
-                xb = to_image_tensor(X[start:start + batch_size], fast.device).to(memory_format=fast.memory_format)
+                xb = to_image_tensor(X[start:start + batch_size], fast.device)  # (B, 1, 28, 28)
+                xb = (transform(xb) if transform else xb).to(memory_format=fast.memory_format)
                 chunks.append(torch.softmax(model(xb).float(), dim=1).cpu())  # (B, 10) float32
             except torch.OutOfMemoryError:
                 batch_size = _halve_after_oom(batch_size)
@@ -660,6 +694,16 @@ def predict(model: torch.nn.Module, X: np.ndarray, fast: FastPath | torch.device
             batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
     """Predicted labels (N,) int64 for (N, 784) uint8 pixels, computed in batches on fast's (or a plain) device."""
     return predict_proba(model, X, fast, batch_size, show_progress).argmax(axis=1).astype(np.int64)
+
+
+def ensemble_proba(models: Sequence[torch.nn.Module], X: np.ndarray, fast: FastPath | torch.device | str,
+                   tta: int = 0, tta_strength: float = 0.5, seed: int = 0) -> np.ndarray:
+    """Mean softmax (N, 10) of several models, over the images and `tta` randomly augmented copies of them."""
+    generator = torch.Generator().manual_seed(seed)
+    augment = lambda xb: random_affine(xb, strength=tta_strength, generator=generator)  # noqa: E731
+    runs = [predict_proba(model, X, fast) for model in models]
+    runs += [predict_proba(model, X, fast, transform=augment) for model in models for _ in range(tta)]
+    return np.mean(runs, axis=0)
 
 
 def check_submission(submission: pd.DataFrame, expected_rows: int | None = None) -> None:
@@ -694,6 +738,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
             write(file)
             file.flush()
             os.fsync(file.fileno())
+        umask = os.umask(0o022)  # mkstemp made the file 0600; give it the usual umask-based mode instead
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)  # atomic on POSIX and Windows
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -778,6 +825,60 @@ def plot_history(history: pd.DataFrame | Sequence[dict]):
     acc_ax.plot(frame["epoch"], 100 * frame["valid_acc"], "o-", label="valid")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     acc_ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> pd.Series:
+    """The share of each digit's images predicted right, indexed 0-9."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return pd.Series([float((y_pred[y_true == k] == k).mean()) if (y_true == k).any() else float("nan")
+                      for k in range(N_CLASSES)], index=pd.RangeIndex(N_CLASSES, name="digit"), name="accuracy")
+
+
+def plot_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, title: str = "Confusion matrix"):
+    """scikit-learn's confusion matrix of true (rows) against predicted (columns) digits, with counts."""
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=list(range(N_CLASSES)), ax=ax, cmap="Blues",
+                                            colorbar=False)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def worst_errors(y_true: np.ndarray, proba: np.ndarray, k: int = 12) -> np.ndarray:
+    """Indices of the k most confident mistakes: largest P(predicted) - P(true) among the wrong predictions."""
+    y_true = np.asarray(y_true)
+    predicted = proba.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != y_true)
+    margin = proba[wrong, predicted[wrong]] - proba[wrong, y_true[wrong]]
+    return wrong[np.argsort(-margin, kind="stable")[:k]]
+
+
+def plot_worst_errors(X: np.ndarray, y_true: np.ndarray, proba: np.ndarray, k: int = 12, ncols: int = 6):
+    """A grid of the k most confident mistakes, each titled 'true t, predicted p (probability)'."""
+    index = worst_errors(y_true, proba, k)
+    titles = [f"true {y_true[i]}, pred {proba[i].argmax()}\n(p={proba[i].max():.2f})" for i in index]
+    fig = plot_digits(X[index], titles, ncols=ncols)
+    for ax in fig.axes:
+        ax.title.set_fontsize(8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curves(histories: dict[str, pd.DataFrame]):
+    """Validation accuracy per epoch of every recipe (or ensemble member) on one plot."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, history in histories.items():
+        ax.plot(history["epoch"], 100 * history["valid_acc"], "o-", markersize=3, label=name)
+    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Learning curves", ylim=(96.5, 100))
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     return fig
 

@@ -16,7 +16,8 @@ from mnist_helpers import load_test_csv, load_train_csv
 
 PARAMETERS = {"DATA_DIR": None, "EPOCHS": 15, "BATCH_SIZE": 100, "LR": 1e-3, "VALID_SIZE": 0.2, "SEED": 42,
               "TRAIN_ROWS": None, "TEST_ROWS": None, "OUTPUT_DIR": "output", "FAST": True,
-              "PROGRESS": True, "LOSS_LINES": True, "RESUME": False, "DETERMINISTIC": False}
+              "PROGRESS": True, "LOSS_LINES": True, "RESUME": False, "DETERMINISTIC": False, "RECIPE": "reference",
+              "BEST_EPOCHS": 25, "BEST_LR": 3e-3, "ENSEMBLE": 3, "TTA": 0, "FINAL_FIT": True}
 
 
 def run_notebook(tmp_path, **parameters):
@@ -137,3 +138,31 @@ def test_a_run_that_fails_while_writing_leaves_the_old_submission_byte_identical
                                  "PROGRESS": False}, until_tag="submission")
     assert previous_submission.read_bytes() == before
     assert sorted(p.name for p in previous_submission.parent.iterdir()) == ["checkpoint.pt", "history.csv", "submission.csv"]
+
+
+def test_smoke_run_of_the_best_recipe_writes_its_submission_and_shows_the_analysis(tmp_path):
+    X, y = make_digits(400)
+    write_train_csv(tmp_path / "train.csv", X, y)
+    write_test_csv(tmp_path / "test.csv", make_digits(100, seed=1)[0])
+    output_dir, executed = run_notebook(tmp_path, DATA_DIR=str(tmp_path), EPOCHS=1, RECIPE="best", BEST_EPOCHS=2,
+                                        ENSEMBLE=2, TTA=1, PROGRESS=False)
+    check_submission_file(output_dir / "submission.csv", rows=100)
+    check_submission_file(output_dir / "submission_reference.csv", rows=100)
+    experiments = pd.read_csv(output_dir / "experiments.csv")
+    assert experiments["recipe"].tolist() == ["reference", "best, single model", "best, ensemble of 2 + 1 TTA"]
+    assert experiments["epochs"].tolist() == [1, 2, 2] and experiments["valid_acc_mean"].between(0, 1).all()
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "model seed 43: validation accuracy" in text and "ensemble of 2 with 1 TTA passes" in text
+    assert "refitted on all rows" in text
+    tagged = {tag: c for c in executed.cells for tag in c.metadata.get("tags", [])}
+    for tag in ("errors-reference", "augmentation"):
+        assert any("image/png" in o.get("data", {}) for o in tagged[tag].outputs), tag
+    best_plots = [o for c in executed.cells if "plot_learning_curves({" in c.source for o in c.outputs
+                  if "image/png" in o.get("data", {})]
+    assert len(best_plots) == 3  # the ensemble's confusion matrix, worst errors and every learning curve
+
+
+def test_an_unknown_recipe_stops_with_one_line(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        run_notebook(tmp_path, RECIPE="fastest")
+    assert error.value.ename == "ValueError" and error.value.evalue == "RECIPE must be 'reference' or 'best', got 'fastest'."

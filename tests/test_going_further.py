@@ -1,0 +1,163 @@
+"""Section 9's pieces: augmentation, the one-cycle schedule, the stronger CNN, ensembles and error analysis."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from conftest import make_digits, notebook_namespace  # noqa: E402
+from torch import nn  # noqa: E402
+
+from mnist_helpers import (choose_fast_path, ensemble_proba, make_loaders, one_cycle_lrs, per_class_accuracy,  # noqa: E402
+                           plot_confusion_matrix, plot_learning_curves, plot_worst_errors, random_affine, worst_errors)
+
+
+@pytest.fixture(scope="module")
+def notebook():
+    return notebook_namespace("imports", "model", "train-loop", "model-best")
+
+
+def digits(n: int = 8) -> torch.Tensor:
+    X, _ = make_digits(n)
+    return torch.from_numpy(X).float().div(255).view(-1, 1, 28, 28)
+
+
+def centre_of_mass(images: torch.Tensor) -> torch.Tensor:
+    """(B, 2) row and column of each image's centre of mass, in pixels."""
+    grid = torch.arange(28, dtype=torch.float32)
+    mass = images.sum(dim=(1, 2, 3))
+    rows = (images.sum(dim=(1, 3)) * grid).sum(1) / mass
+    cols = (images.sum(dim=(1, 2)) * grid).sum(1) / mass
+    return torch.stack([rows, cols], 1)
+
+
+def test_augmentation_keeps_shape_dtype_and_range():
+    images = digits()
+    out = random_affine(images, generator=torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.float32 and out.device == images.device
+    assert out.min() >= 0 and out.max() <= 1 + 1e-6
+    assert not torch.allclose(out, images)  # it did move the pixels
+
+
+def test_augmentation_at_zero_strength_is_the_identity():
+    images = digits()
+    torch.testing.assert_close(random_affine(images, strength=0.0), images, atol=1e-5, rtol=0)
+
+
+def test_augmentation_is_repeatable_with_a_seeded_generator():
+    images = digits()
+    first = random_affine(images, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(random_affine(images, generator=torch.Generator().manual_seed(3)), first)
+    assert not torch.equal(random_affine(images, generator=torch.Generator().manual_seed(4)), first)
+
+
+def test_augmentation_stays_within_its_ranges_and_never_flips():
+    images = torch.zeros(400, 1, 28, 28)
+    images[:, 0, 13:15, 13:15] = 1.0  # a dot in the middle: only the shift moves it
+    moved = centre_of_mass(random_affine(images, generator=torch.Generator().manual_seed(0))) - 13.5
+    assert moved.abs().max() <= 0.1 * 28 + 0.5  # shift of at most 10% (2.8 px), plus resampling
+    assert moved.abs().max() > 1.5  # and it does shift
+
+    bar = torch.zeros(400, 1, 28, 28)
+    bar[:, 0, 4:24, 3:6] = 1.0  # a vertical bar near the left edge
+    columns = centre_of_mass(random_affine(bar, generator=torch.Generator().manual_seed(1)))[:, 1]
+    assert columns.max() < 9  # a mirror image would put it near column 23
+
+
+def test_one_cycle_schedule_warms_up_to_the_peak_then_anneals():
+    lrs = one_cycle_lrs(3e-3, epochs=4, steps_per_epoch=50)
+    assert len(lrs) == 200
+    assert lrs.max() == pytest.approx(3e-3, rel=1e-3) and 50 <= lrs.argmax() <= 70  # the peak at 30% of the steps
+    assert lrs[0] == pytest.approx(3e-3 / 25) and lrs[-1] < 3e-3 / 1000
+
+
+class Constant(nn.Module):
+    """A 'model' that ignores its input and returns fixed logits; counts its calls."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits, self.calls = torch.tensor(logits, dtype=torch.float32), 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.logits.expand(len(x), -1)
+
+
+def test_ensemble_averages_softmax_probabilities_and_counts_tta_passes():
+    a, b = Constant([2.0] + [0.0] * 9), Constant([0.0, 3.0] + [0.0] * 8)
+    X, _ = make_digits(5)
+    proba = ensemble_proba([a, b], X, "cpu")
+    expected = (torch.softmax(a.logits, 0) + torch.softmax(b.logits, 0)).numpy() / 2
+    np.testing.assert_allclose(proba, np.tile(expected, (5, 1)), rtol=1e-6)
+    a.calls = b.calls = 0
+    tta = ensemble_proba([a, b], X, "cpu", tta=2)
+    assert a.calls == b.calls == 3 and tta.shape == (5, 10)
+    np.testing.assert_allclose(tta.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_worst_errors_are_the_most_confident_mistakes():
+    y = np.array([0, 1, 2, 3])
+    proba = np.full((4, 10), 0.01)
+    proba[0, 0] = 0.91                  # right
+    proba[1, 7], proba[1, 1] = 0.6, 0.3  # wrong, margin 0.3
+    proba[2, 5], proba[2, 2] = 0.9, 0.01  # wrong, margin 0.89
+    proba[3, 3] = 0.91                  # right
+    assert worst_errors(y, proba).tolist() == [2, 1]
+    assert worst_errors(y, proba, k=1).tolist() == [2]
+
+
+def test_per_class_accuracy_per_digit():
+    accuracy = per_class_accuracy(np.array([0, 0, 1, 1, 1, 2]), np.array([0, 1, 1, 1, 0, 2]))
+    assert accuracy[0] == 0.5 and accuracy[1] == pytest.approx(2 / 3) and accuracy[2] == 1.0
+    assert np.isnan(accuracy[9]) and list(accuracy.index) == list(range(10))
+
+
+def test_error_analysis_plots():
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 10
+    proba = rng.dirichlet(np.ones(10), size=40).astype(np.float32)
+    X = make_digits(40)[0]
+    confusion = plot_confusion_matrix(y, proba.argmax(1), "title")
+    assert confusion.axes[0].get_title() == "title" and len(confusion.axes[0].texts) == 100  # a count per cell
+    worst = plot_worst_errors(X, y, proba, k=6)
+    titles = [ax.get_title() for ax in worst.axes if ax.get_title()]
+    assert len(titles) == 6 and all(t.startswith("true ") and "pred" in t and "p=" in t for t in titles)
+    history = pd.DataFrame({"epoch": [1, 2], "valid_acc": [0.98, 0.99]})
+    curves = plot_learning_curves({"reference": history, "best": history.assign(valid_acc=[0.99, 0.995])})
+    assert [text.get_text() for text in curves.axes[0].get_legend().get_texts()] == ["reference", "best"]
+
+
+def test_stronger_cnn_shapes_and_size(notebook):
+    model = notebook["StrongerCNN"]()
+    assert model(torch.zeros(5, 1, 28, 28)).shape == (5, 10)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 7
+    assert sum(p.numel() for p in model.parameters()) < 340_138  # stronger, yet smaller than the reference
+    fast = choose_fast_path("cpu", bf16=True)
+    model = fast.prepare_model(model).eval()
+    with torch.no_grad(), fast.autocast():
+        assert model(torch.zeros(3, 1, 28, 28).to(memory_format=torch.channels_last)).shape == (3, 10)
+
+
+def test_training_loop_applies_augmentation_and_steps_the_schedule_every_batch(notebook):
+    torch.manual_seed(0)
+    X, y = make_digits(60)
+    fast = choose_fast_path("cpu", enabled=False)
+    train_batches, valid = make_loaders(X, y, None, None, batch_size=20, seed=0, fast=fast)
+    assert valid is None
+    model = notebook["StrongerCNN"]()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=3)
+    seen = []
+
+    def augment(xb):
+        seen.append(len(xb))
+        return random_affine(xb, generator=torch.Generator().manual_seed(len(seen)))
+
+    notebook["train_one_epoch"](model, train_batches, nn.CrossEntropyLoss(), optimizer, fast.grad_scaler(), fast,
+                                log_every=0, augment=augment, scheduler=scheduler)
+    assert seen == [20, 20, 20] and scheduler.last_epoch == 3
