@@ -9,6 +9,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-installed
+VENV_MIN ?= .venv-min
+STAMP_MIN := $(VENV_MIN)/.requirements-installed
 NOTEBOOK := digit_recognizer.ipynb
 OUTPUT_DIR ?= output
 # Notebook parameters that `make run` hands to papermill when they are set (OUTPUT_DIR always is).
@@ -16,15 +18,23 @@ PARAMETERS := DATA_DIR EPOCHS BATCH_SIZE LR VALID_SIZE SEED TRAIN_ROWS TEST_ROWS
               DETERMINISTIC RECIPE BEST_EPOCHS BEST_LR ENSEMBLE TTA FINAL_FIT
 PAPERMILL_PARAMETERS = $(strip -p OUTPUT_DIR '$(OUTPUT_DIR)' $(foreach p,$(PARAMETERS),$(if $($(p)),-p $(p) '$($(p))')))
 
-.PHONY: help venv data run test bench clean
+.PHONY: help venv data run test test-min bench gpu-check clean
 
 help:  ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+
+# A virtual environment with a requirements file installed: $(call install,VENV,REQUIREMENTS)
+define install
+	@test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --disable-pip-version-check -q -r $(2)
+	@touch $(1)/.requirements-installed
+endef
 
 $(STAMP): requirements.txt
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
-	@touch $@
+	$(call install,$(VENV),requirements.txt)
+
+$(STAMP_MIN): requirements-min.txt
+	$(call install,$(VENV_MIN),requirements-min.txt)
 
 venv: $(STAMP)  ## Create .venv and install the pinned requirements.
 
@@ -36,11 +46,17 @@ run: $(STAMP)  ## Run the notebook headless: $(OUTPUT_DIR)/submission.csv and th
 	$(BIN)/papermill $(NOTEBOOK) "$(OUTPUT_DIR)/$(NOTEBOOK)" --cwd . --kernel python3 $(PAPERMILL_PARAMETERS)
 	@echo "wrote $(OUTPUT_DIR)/submission.csv and $(OUTPUT_DIR)/$(NOTEBOOK)"
 
-test: $(STAMP)  ## Run the test suite (under 2 minutes on 2 CPU cores).
+test: $(STAMP)  ## Run the test suite (about 2 minutes on 2 CPU cores).
 	$(BIN)/python -m pytest
+
+test-min: $(STAMP_MIN)  ## The same suite under the oldest supported libraries (requirements-min.txt, in .venv-min).
+	$(VENV_MIN)/bin/python -m pytest
 
 bench: $(STAMP)  ## Benchmark plain vs fast training (--quick, about 40 s); BENCH_ARGS=--full for 15 epochs each.
 	$(BIN)/python benchmarks/bench_training.py $(or $(BENCH_ARGS),--quick)
+
+gpu-check: $(STAMP)  ## On a CUDA machine: GPU tests, benchmark and timed runs (under 8 min); JSON + table in output/gpu-check/.
+	$(BIN)/python benchmarks/gpu_check.py --out "$(OUTPUT_DIR)/gpu-check" $(if $(DATA_DIR),--data-dir '$(DATA_DIR)')
 
 clean:  ## Remove outputs and caches (keeps .venv and data/).
 	rm -rf $(OUTPUT_DIR) .pytest_cache __pycache__ tests/__pycache__

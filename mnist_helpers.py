@@ -9,12 +9,15 @@ and a few plots. Each function takes what it needs as arguments: no notebook glo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import gzip
 import hashlib
 import http.client
+import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -42,10 +45,14 @@ N_CLASSES = 10
 PIXEL_COLUMNS = [f"pixel{i}" for i in range(N_PIXELS)]
 TRAIN_COLUMNS = ["label", *PIXEL_COLUMNS]
 SUBMISSION_COLUMNS = ["ImageId", "Label"]
-CSV_CHUNK_ROWS = 10_000  # rows parsed at a time: ~8 MB of uint8 per chunk (measured: README, "Speed")
+CSV_CHUNK_ROWS = 5_000  # rows parsed at a time: ~31 MB as int64, 4 MB once uint8 (measured: README, "Speed")
 
 PROJECT_DIR = Path(__file__).resolve().parent
-KAGGLE_INPUT_DIR = Path("/kaggle/input/digit-recognizer")
+# Kaggle's file tree: input/ (data, attached datasets), usr/lib/ (utility scripts), working/ (outputs).
+# $KAGGLE_ROOT moves it, so that tests can build a fake one in a temp dir.
+KAGGLE_ROOT = Path(os.environ.get("KAGGLE_ROOT", "/kaggle"))
+SEARCH_MAX_DEPTH = 4          # folders below /kaggle/input that the data search descends
+SEARCH_MAX_FOLDERS = 10_000   # and how many folders it looks at, at most: a big attached dataset stays cheap
 DOWNLOAD_COMMAND = (
     "kaggle competitions download -c digit-recognizer -p data && "
     "unzip -o data/digit-recognizer.zip -d data"
@@ -56,11 +63,13 @@ DOWNLOAD_COMMAND = (
 
 
 def data_dir_candidates(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """The places searched for the CSVs, in order (see README, "Getting the data")."""
+    """The fixed places searched for the CSVs, in order (see README, "Getting the data")."""
     explicit = data_dir if data_dir is not None else os.environ.get("DATA_DIR") or None
     if explicit is not None:
         return [Path(explicit).expanduser()]
-    return [KAGGLE_INPUT_DIR, Path.cwd().parent / "input" / "digit-recognizer", PROJECT_DIR / "data"]
+    kaggle_input = KAGGLE_ROOT / "input"
+    return [kaggle_input / "digit-recognizer", kaggle_input / "competitions" / "digit-recognizer",
+            Path.cwd().parent / "input" / "digit-recognizer", PROJECT_DIR / "data"]
 
 
 def csv_path(data_dir: str | os.PathLike, name: str) -> Path:
@@ -70,18 +79,58 @@ def csv_path(data_dir: str | os.PathLike, name: str) -> Path:
     return gzipped if gzipped.exists() and not plain.exists() else plain
 
 
+def _holds_data(folder: Path) -> bool:
+    """True when folder has both train.csv and test.csv (plain or gzipped)."""
+    return all(csv_path(folder, name).is_file() for name in ("train.csv", "test.csv"))
+
+
+def search_data_dir(root: str | os.PathLike, max_depth: int = SEARCH_MAX_DEPTH,
+                    max_folders: int = SEARCH_MAX_FOLDERS) -> Path | None:
+    """The first folder under root (breadth first, sorted, bounded) that holds train.csv and test.csv, or None."""
+    level, looked_at = [Path(root)], 0
+    for _ in range(max_depth + 1):
+        below = []
+        for folder in level:
+            looked_at += 1
+            if looked_at > max_folders:
+                return None
+            if _holds_data(folder):
+                return folder
+            with contextlib.suppress(OSError), os.scandir(folder) as entries:  # unreadable or vanished: skip it
+                below += sorted(Path(entry.path) for entry in entries if entry.is_dir())
+        level = below
+    return None
+
+
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """Return the first folder holding train.csv and test.csv: data_dir, $DATA_DIR, Kaggle, ../input, ./data."""
+    """The folder holding train.csv and test.csv: data_dir, $DATA_DIR, Kaggle's, ../input, ./data, /kaggle/input/**."""
     searched = data_dir_candidates(data_dir)
     for folder in searched:
-        if all(csv_path(folder, name).is_file() for name in ("train.csv", "test.csv")):
+        if _holds_data(folder):
             return folder
+    explicit = data_dir is not None or os.environ.get("DATA_DIR")
+    found = None if explicit else search_data_dir(KAGGLE_ROOT / "input")  # a dataset attached under any name
+    if found is not None:
+        return found
     places = ", ".join(str(p) for p in searched)
+    places += "" if explicit else f", every folder under {KAGGLE_ROOT / 'input'}"
     raise FileNotFoundError(
         f"train.csv and test.csv not found; searched: {places}. "
         f"Get them with `{DOWNLOAD_COMMAND}` (or on Kaggle: Add Input > digit-recognizer), "
         "or point DATA_DIR at the folder that holds them."
     )
+
+
+def on_kaggle() -> bool:
+    """True inside a Kaggle notebook: Kaggle sets $KAGGLE_KERNEL_RUN_TYPE, and has a /kaggle/working folder."""
+    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or (KAGGLE_ROOT / "working").is_dir()
+
+
+def output_dir_for(output_dir: str | os.PathLike | None = None) -> Path:
+    """output_dir if given; else /kaggle/working on Kaggle (where Submit finds submission.csv), else ./output."""
+    if output_dir is not None:
+        return Path(output_dir)
+    return KAGGLE_ROOT / "working" if on_kaggle() else Path("output")
 
 
 # --- Getting the data: Kaggle, or MNIST's own files ---------------------------------------
@@ -315,6 +364,8 @@ def _cell_problem(cell: str, high: int) -> str | None:
     text = cell.strip()
     if not text:
         return "the cell is empty"
+    if not text.isascii():  # float() reads other scripts' digits ("１"); CSV readers do not
+        return f"'{cell}' is not a number"
     try:
         value = float(text)
     except ValueError:
@@ -366,24 +417,29 @@ def _read_uint8_csv(path: str | os.PathLike, columns: list[str], max_rows: int |
         raise FileNotFoundError(f"{path}: no such file. Expected in the data directory; get the data with "
                                 f"`{DOWNLOAD_COMMAND}` or point DATA_DIR at the folder that holds it.")
     _check_header(path, _read_header(path), columns)
+    highs = np.array([N_CLASSES - 1 if name == "label" else 255 for name in columns])  # (columns,) largest allowed
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)  # it means fields were dropped
-            # In chunks of rows, each parsed straight to uint8: peak memory stays near the data's own 1 byte/cell.
-            with pd.read_csv(path, dtype=np.uint8, encoding="utf-8-sig", index_col=False, nrows=max_rows,
+            warnings.simplefilter("error", RuntimeWarning)  # a non-integer cell cast to int64: named below instead
+            # In chunks of rows, so that peak memory stays near the data's own 1 byte per cell. Each chunk is parsed
+            # as int64 and range-checked before it becomes uint8: pandas 2.2 wraps 256 to 0 when asked for uint8.
+            with pd.read_csv(path, dtype=np.int64, encoding="utf-8-sig", index_col=False, nrows=max_rows,
                              skipinitialspace=True, chunksize=CSV_CHUNK_ROWS) as reader:
-                parts = [chunk.to_numpy() for chunk in reader]  # each (rows, columns) uint8
-    except (ValueError, OverflowError, pd.errors.ParserWarning, pd.errors.ParserError, OSError, EOFError):
-        parts = None  # pandas says only that something is wrong; the scan below says where
-    if parts is None or any(part.shape[1] != len(columns) for part in parts):
-        problem = _find_bad_cell(path, columns, max_rows)
-        raise ValueError(problem or f"{path}: could not be parsed as CSV; re-download it.")
+                parts = []
+                for chunk in reader:
+                    values = chunk.to_numpy()  # (rows, columns) int64
+                    in_range = values.min(initial=0) >= 0 and (values.max(0, initial=0) <= highs).all()
+                    if values.shape[1] != len(columns) or not in_range:
+                        raise ValueError("a cell is out of range")  # the scan below says which
+                    parts.append(values.astype(np.uint8))
+    except (ValueError, OverflowError, RuntimeWarning, pd.errors.ParserWarning, pd.errors.ParserError, OSError,
+            EOFError):
+        problem = _find_bad_cell(path, columns, max_rows)  # pandas says only that something is wrong; this says where
+        raise ValueError(problem or f"{path}: could not be parsed as CSV; re-download it.") from None
     if sum(len(part) for part in parts) == 0:
         raise ValueError(f"{path}: has a header but no data rows; re-download it.")
-    values = np.concatenate(parts)  # a new, writable (N, columns) array
-    if columns[0] == "label" and values[:, 0].max() >= N_CLASSES:  # uint8 let labels 10-255 through
-        raise ValueError(_find_bad_cell(path, columns, max_rows) or f"{path}: a label is out of range 0-9.")
-    return values
+    return np.concatenate(parts)  # a new, writable (N, columns) array
 
 
 def load_train_csv(path: str | os.PathLike, max_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -454,13 +510,51 @@ def make_loaders(X_train: np.ndarray, y_train: np.ndarray, X_valid: np.ndarray |
 # --- Device and seeding --------------------------------------------------------------
 
 
+def cuda_code_runs_on(arch: str, capability: tuple[int, int]) -> bool:
+    """True when code built for arch ("sm_86", "sm_90a", "compute_120") runs on a GPU of that compute capability."""
+    match = re.fullmatch(r"(sm|compute)_(\d+)(\d)([a-z]?)", arch)
+    if match is None:
+        return False
+    kind, major, minor, suffix = match.groups()
+    built = (int(major), int(minor))
+    if kind == "compute":  # PTX: the driver compiles it for this GPU, if the GPU is at least that new
+        return capability >= built
+    if suffix == "a":      # arch-specific machine code (sm_90a): that exact GPU only
+        return capability == built
+    return capability[0] == built[0] and capability[1] >= built[1]  # machine code: same major, same or later minor
+
+
+def unsupported_gpu_message(index: int = 0) -> str | None:
+    """None when this PyTorch build has kernels for CUDA GPU `index`; else one line that says it has none."""
+    arch_list = torch.cuda.get_arch_list()  # what this build was compiled for, e.g. ["sm_75", ..., "compute_120"]
+    capability = torch.cuda.get_device_capability(index)
+    if not arch_list or any(cuda_code_runs_on(arch, capability) for arch in arch_list):
+        return None  # an empty list means a build that does not say: trust it
+    machine_code = [arch for arch in arch_list if arch.startswith("sm_")] or arch_list
+    return (f"{torch.cuda.get_device_name(index)} (sm_{capability[0]}{capability[1]}) is not supported by this "
+            f"PyTorch build ({machine_code[0]} ... {machine_code[-1]}); on Kaggle choose GPU T4 x2; running on the CPU")
+
+
 def get_device() -> torch.device:
-    """The best device available now: CUDA, then Apple MPS, then CPU."""
+    """The best device this PyTorch can use: the first CUDA GPU it has kernels for, then Apple MPS, then the CPU."""
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        problem = unsupported_gpu_message(0)
+        if problem is None:
+            return torch.device("cuda")
+        warnings.warn(problem, stacklevel=2)  # e.g. a P100 (sm_60) under a cu128 build: no kernel would run
+        return torch.device("cpu")
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def device_facts(device: torch.device | str) -> dict:
+    """The device's name and CUDA compute capability ("7.5"; None off CUDA), as a checkpoint records them."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {"DEVICE_NAME": device.type, "CAPABILITY": None}
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"DEVICE_NAME": torch.cuda.get_device_name(device), "CAPABILITY": f"{major}.{minor}"}
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -500,9 +594,16 @@ class FastPath:
         """fp16 needs loss scaling so that small gradients do not flush to zero; bf16 and fp32 do not."""
         return self.amp_dtype == torch.float16
 
+    @property
+    def precision(self) -> str:
+        """What the convolutions compute in: "bfloat16", "float16" or "float32"."""
+        return str(self.amp_dtype or torch.float32).removeprefix("torch.")
+
     def autocast(self) -> AbstractContextManager:
-        """A context that runs matmuls and convolutions in amp_dtype; a no-op for fp32."""
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        """A context that runs matmuls and convolutions in amp_dtype; for fp32 a plain no-op context."""
+        if self.amp_dtype is None:  # not torch.autocast(..., enabled=False): older PyTorch refuses it on MPS
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A GradScaler that scales the loss for fp16 and passes everything through otherwise."""
@@ -530,18 +631,26 @@ def cpu_supports_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def cuda_autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """What the GPU's tensor cores compute: bf16 from compute capability 8.0 on, fp16 on 7.x, neither (None) below."""
+    major, _ = torch.cuda.get_device_capability(device)
+    # Not torch.cuda.is_bf16_supported(): it also says True on a T4 or P100, which only emulate bf16, slowly.
+    return torch.bfloat16 if major >= 8 else torch.float16 if major == 7 else None
+
+
 def choose_fast_path(device: torch.device | str, enabled: bool = True, bf16: bool | None = None) -> FastPath:
     """The fastest correct settings for device; enabled=False gives the plain fp32 DataLoader pipeline.
 
-    bf16 says whether the device computes bf16 well; None asks the hardware (tests pass it explicitly).
+    On CUDA the precision follows the GPU's compute capability. On the CPU, bf16 says whether it computes bf16
+    natively; None asks the hardware.
     """
     device = torch.device(device)
     if not enabled:
         return FastPath(device)
     if device.type == "cuda":
-        bf16 = torch.cuda.is_bf16_supported() if bf16 is None else bf16  # Ampere and newer
-        return FastPath(device, amp_dtype=torch.bfloat16 if bf16 else torch.float16, channels_last=True,
-                        data_on_device=True, cudnn_benchmark=True, eval_batch_size=2000, predict_batch_size=4000)
+        amp_dtype = cuda_autocast_dtype(device)  # channels_last pays only where tensor cores do the convolutions
+        return FastPath(device, amp_dtype=amp_dtype, channels_last=amp_dtype is not None, data_on_device=True,
+                        cudnn_benchmark=True, eval_batch_size=2000, predict_batch_size=4000)
     if device.type == "cpu":
         bf16 = cpu_supports_bf16() if bf16 is None else bf16
         return FastPath(device, amp_dtype=torch.bfloat16 if bf16 else None, channels_last=True,
@@ -628,10 +737,13 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     except Exception as error:  # truncated, not a checkpoint, or holding objects weights_only refuses
         raise ValueError(f"{path}: is not a readable checkpoint ({type(error).__name__}); "
                          "delete it, or run with RESUME=False to start over.") from None
+    saved = state["config"]
+    made_on = f" on {saved['DEVICE_NAME']}" if saved.get("DEVICE_NAME") else ""  # device_facts, if recorded
     for name, value in (config or {}).items():
-        if state["config"].get(name) != value:
-            raise ValueError(f"{path}: was written with {name}={state['config'].get(name)!r} but this run has "
-                             f"{name}={value!r}; resume with the same parameters, or RESUME=False to start over.")
+        if saved.get(name) != value:
+            raise ValueError(f"{path}: was written with {name}={saved.get(name)!r}{made_on} but this run has "
+                             f"{name}={value!r}; resume with the same parameters and the same kind of device, "
+                             "or RESUME=False to start over.")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     for target, saved in ((scaler, state["scaler"]), (scheduler, state["scheduler"])):
@@ -886,17 +998,23 @@ def plot_learning_curves(histories: dict[str, pd.DataFrame]):
 # --- The notebook's own code, outside the notebook ----------------------------------------
 
 
+def notebook_code_cells(notebook: str | os.PathLike) -> list[tuple[list[str], str]]:
+    """The notebook's code cells as (tags, source) pairs, read as plain JSON (no Jupyter packages needed)."""
+    with open(notebook, encoding="utf-8") as file:
+        cells = json.load(file)["cells"]
+    return [(cell.get("metadata", {}).get("tags", []), "".join(cell["source"])) for cell in cells
+            if cell["cell_type"] == "code"]
+
+
 def run_notebook_cells(notebook: str | os.PathLike, *tags: str) -> dict:
     """Execute the notebook's code cells with these tags, in order, and return their namespace (tests, benchmarks)."""
-    import nbformat
-
-    cells = nbformat.read(notebook, as_version=4).cells
+    cells = notebook_code_cells(notebook)
     namespace: dict = {}
     for tag in tags:
-        tagged = [c for c in cells if c.cell_type == "code" and tag in c.metadata.get("tags", [])]
+        tagged = [source for cell_tags, source in cells if tag in cell_tags]
         if len(tagged) != 1:
             raise ValueError(f"{notebook}: expected one code cell tagged {tag!r}, found {len(tagged)}.")
-        exec(compile(tagged[0].source, f"{Path(notebook).name}[{tag}]", "exec"), namespace)
+        exec(compile(tagged[0], f"{Path(notebook).name}[{tag}]", "exec"), namespace)
     return namespace
 
 
@@ -906,7 +1024,7 @@ def run_notebook_cells(notebook: str | os.PathLike, *tags: str) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python mnist_helpers.py download [--data-dir DIR] [--mnist]` or `score SUBMISSION LABELS`; 1 on error."""
     parser = argparse.ArgumentParser(prog="python mnist_helpers.py", description="Digit Recognizer data and scoring.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command")
     download = commands.add_parser("download", help="put train.csv and test.csv in data/: Kaggle, else MNIST's files")
     download.add_argument("--data-dir", default=str(PROJECT_DIR / "data"), help="where the CSVs go (default: data/)")
     download.add_argument("--mnist", action="store_true", help="build them from MNIST's files even with Kaggle credentials")
@@ -914,6 +1032,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     score.add_argument("submission", help="the submission CSV (ImageId,Label)")
     score.add_argument("labels", help="the true labels in the same layout, e.g. data/test_labels.csv")
     args = parser.parse_args(argv)
+    if args.command is None:  # Kaggle runs a utility script with no arguments when it saves a version
+        parser.print_help()
+        return 0
     try:
         if args.command == "download":
             download_data(args.data_dir, use_kaggle=False if args.mnist else None)

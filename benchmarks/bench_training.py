@@ -181,9 +181,8 @@ def describe(device: torch.device, fast: FastPath) -> str:
         with contextlib.suppress(OSError):
             models = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
             name = f"{models[0]}, {os.cpu_count()} logical cores" if models else name
-    precision = str(fast.amp_dtype).removeprefix("torch.") if fast.amp_dtype else "float32"
     return (f"device: {device} ({name}); torch {torch.__version__}, {torch.get_num_threads()} threads\n"
-            f"pipeline (b): autocast {precision}, channels_last {fast.channels_last}, "
+            f"pipeline (b): autocast {fast.precision}, channels_last {fast.channels_last}, "
             f"data on device {fast.data_on_device}, predict batch {fast.predict_batch_size}")
 
 

@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +16,7 @@ NOTEBOOK = REPO_DIR / "digit_recognizer.ipynb"
 SHARED_DATA_DIR = Path(os.environ.get("SHARED_DATA_DIR", REPO_DIR.parent / "shared" / "digit-recognizer"))
 sys.path.insert(0, str(REPO_DIR))
 
-from mnist_helpers import PIXEL_COLUMNS, TRAIN_COLUMNS, run_notebook_cells  # noqa: E402
+from mnist_helpers import PIXEL_COLUMNS, TRAIN_COLUMNS, notebook_code_cells, run_notebook_cells  # noqa: E402
 
 needs_shared_data = pytest.mark.skipif(
     not (SHARED_DATA_DIR / "train.csv").is_file(),
@@ -68,11 +67,8 @@ def run_notebook_in_process(parameters: dict, until_tag: str, after: dict | None
 
     matplotlib.use("Agg")
     namespace: dict = {}
-    for cell in nbformat.read(NOTEBOOK, as_version=4).cells:
-        if cell.cell_type != "code":
-            continue
-        tags = cell.metadata.get("tags", [])
-        exec(compile(cell.source, f"{NOTEBOOK.name}[{','.join(tags)}]", "exec"), namespace)
+    for tags, source in notebook_code_cells(NOTEBOOK):
+        exec(compile(source, f"{NOTEBOOK.name}[{','.join(tags)}]", "exec"), namespace)
         if "parameters" in tags:
             namespace.update(parameters)
         for tag in tags:
@@ -81,3 +77,31 @@ def run_notebook_in_process(parameters: dict, until_tag: str, after: dict | None
         if until_tag in tags:
             return namespace
     raise AssertionError(f"no code cell tagged {until_tag!r} in {NOTEBOOK}")
+
+
+KAGGLE_CU128_ARCHS = ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """Make this CPU-only PyTorch report one CUDA GPU with a given compute capability, name and build arch list.
+
+    Only what torch.cuda's own functions read is faked (is_available, current_device, get_device_properties,
+    get_arch_list, and the bf16 emulation probe, which says yes as on a T4): is_bf16_supported,
+    get_device_capability and get_device_name stay real, so code that asks them gets what a real GPU would say.
+    """
+    import types
+
+    import torch
+
+    def install(capability: tuple[int, int], name: str = "Fake GPU", arch_list: list[str] = KAGGLE_CU128_ARCHS):
+        properties = types.SimpleNamespace(major=capability[0], minor=capability[1], name=name,
+                                           total_memory=16 * 2**30, multi_processor_count=40)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
+        monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(arch_list))
+        monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)  # a bf16 tensor can be made
+        return properties
+
+    return install

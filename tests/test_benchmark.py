@@ -37,3 +37,28 @@ def test_benchmark_refuses_a_folder_without_the_csvs(tmp_path):
     assert done.returncode != 0
     assert done.stderr.strip().splitlines() == [f"bench_training.py: no train.csv and test.csv in {tmp_path}; "
                                                 "pass the folder that holds them."]
+
+
+def test_gpu_check_runs_every_stage_and_writes_its_report(tmp_path):
+    # --smoke: the same five stages with 1 epoch and small models, on whatever device there is (here the CPU,
+    # where the GPU tests skip), so that the script a GPU machine runs once is known to work end to end.
+    X, y = make_digits(300)
+    write_train_csv(tmp_path / "train.csv", X, y)
+    write_test_csv(tmp_path / "test.csv", make_digits(50, seed=1)[0])
+    out = tmp_path / "check"
+    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--smoke", "--data-dir", str(tmp_path),
+                           "--out", str(out)], cwd=REPO_DIR, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((out / "gpu-check.json").read_text())
+    assert report["facts"]["device"] in ("cpu", "cuda") and report["facts"]["precision"] in ("bfloat16", "float32",
+                                                                                             "float16")
+    stages = report["stages"]
+    assert [stages[name]["rc"] for name in ("tests", "reference", "bench", "best")] == [0, 0, 0, 0], stages
+    assert stages["tests"]["tests"] == 7 and stages["tests"]["failures"] == stages["tests"]["errors"] == 0
+    assert stages["reference"]["epochs"] == 1 and 0 <= stages["reference"]["valid_acc_final"] <= 100
+    assert stages["bench"]["speedup"] > 0 and set(stages["bench"]["predict_seconds"]) == {"a", "b"}
+    assert stages["best"]["ensemble_line"].startswith("ensemble of 2: validation accuracy")
+    assert len(stages["best"]["member_lines"]) == 2
+    table = (out / "gpu-check.txt").read_text()
+    assert table.startswith("GPU check, ") and "picks: device" in table and "ensemble of 2" in table
+    assert done.stdout.strip().endswith(table.strip())  # the same table, printed last

@@ -12,6 +12,7 @@ import torch
 from conftest import make_digits, run_notebook_in_process, write_test_csv, write_train_csv
 from torch import nn
 
+import mnist_helpers
 from mnist_helpers import load_checkpoint, save_checkpoint
 
 
@@ -59,7 +60,38 @@ def test_resuming_with_other_parameters_is_refused_in_one_line(tmp_path):
         load_checkpoint(path, model, optimizer, config={"EPOCHS": 15, "LR": 0.01})
     message = str(error.value)
     assert message == (f"{path}: was written with LR=0.001 but this run has LR=0.01; resume with the same "
-                       "parameters, or RESUME=False to start over.")
+                       "parameters and the same kind of device, or RESUME=False to start over.")
+
+
+def test_a_checkpoint_from_another_precision_is_refused_in_one_line_naming_its_device(tmp_path):
+    # Written on a T4 (fp16, with an active GradScaler), resumed where bf16 needs no scaler, and the reverse.
+    model, optimizer, _ = small_training_objects()
+    fp16_scaler, no_scaler = torch.amp.GradScaler("cpu", init_scale=1024.0), torch.amp.GradScaler("cpu", enabled=False)
+    t4 = {"PRECISION": "float16", "DEVICE_NAME": "Tesla T4", "CAPABILITY": "7.5"}
+    path = save_checkpoint(tmp_path / "t4.pt", model, optimizer, 1, [], scaler=fp16_scaler, config={"SEED": 1, **t4})
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(path, model, optimizer, scaler=no_scaler, config={"SEED": 1, "PRECISION": "bfloat16"})
+    assert str(error.value) == (f"{path}: was written with PRECISION='float16' on Tesla T4 but this run has "
+                                "PRECISION='bfloat16'; resume with the same parameters and the same kind of device, "
+                                "or RESUME=False to start over.")
+    l4 = {"PRECISION": "bfloat16", "DEVICE_NAME": "NVIDIA L4", "CAPABILITY": "8.9"}
+    path = save_checkpoint(tmp_path / "l4.pt", model, optimizer, 1, [], scaler=no_scaler, config=l4)
+    with pytest.raises(ValueError, match=r"PRECISION='bfloat16' on NVIDIA L4 but this run has PRECISION='float16'"):
+        load_checkpoint(path, model, optimizer, scaler=fp16_scaler, config={"PRECISION": "float16"})
+    # Unchecked, that second resume dies inside the scaler instead, with no word of the cause:
+    with pytest.raises(RuntimeError, match="saved from a disabled instance of GradScaler"):
+        load_checkpoint(path, model, optimizer, scaler=fp16_scaler)
+
+
+def test_a_grad_scaler_with_a_non_default_state_round_trips(tmp_path):
+    model, optimizer, _ = small_training_objects()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=7)
+    scaler.scale(torch.tensor(1.0))
+    scaler.update(new_scale=123.0)  # as after steps whose gradients overflowed
+    path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 1, [], scaler=scaler)
+    fresh = torch.amp.GradScaler("cpu")
+    load_checkpoint(path, model, optimizer, scaler=fresh)
+    assert fresh.get_scale() == 123.0 and fresh.get_growth_interval() == 7
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04truncated zip"])
@@ -142,3 +174,19 @@ def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_p
     pd.testing.assert_frame_equal(history.drop(columns="seconds"), expected.drop(columns="seconds"))
     for name, weight in whole["model"].state_dict().items():
         assert torch.equal(resumed["model"].state_dict()[name], weight), name
+
+
+def test_the_notebook_refuses_to_resume_a_checkpoint_of_another_precision(tmp_path, monkeypatch):
+    X, y = make_digits(100)
+    write_train_csv(tmp_path / "train.csv", X, y)
+    write_test_csv(tmp_path / "test.csv", make_digits(20, seed=1)[0])
+    parameters = {"DATA_DIR": str(tmp_path), "EPOCHS": 1, "BATCH_SIZE": 20, "PROGRESS": False, "LOSS_LINES": False,
+                  "OUTPUT_DIR": str(tmp_path / "output")}
+    monkeypatch.setattr(mnist_helpers, "cpu_supports_bf16", lambda: True)  # a CPU with AMX: bf16 autocast
+    run_notebook_in_process(parameters, until_tag="train")
+    saved = torch.load(tmp_path / "output" / "checkpoint.pt", weights_only=True)["config"]
+    assert saved["PRECISION"] == "bfloat16" and saved["DEVICE_NAME"] == "cpu" and saved["CAPABILITY"] is None
+    monkeypatch.setattr(mnist_helpers, "cpu_supports_bf16", lambda: False)  # the same run on a CPU without it: fp32
+    with pytest.raises(ValueError, match=r"was written with PRECISION='bfloat16' on cpu but this run has "
+                                         r"PRECISION='float32'; resume with the same parameters"):
+        run_notebook_in_process({**parameters, "RESUME": True}, until_tag="train")

@@ -6,7 +6,7 @@ import pytest
 from conftest import make_digits, write_test_csv, write_train_csv
 
 import mnist_helpers
-from mnist_helpers import csv_path, find_data_dir
+from mnist_helpers import csv_path, find_data_dir, search_data_dir
 
 
 def _make_data(folder, gz=False):
@@ -20,14 +20,16 @@ def _make_data(folder, gz=False):
 
 @pytest.fixture
 def places(tmp_path, monkeypatch):
-    """Point Kaggle's folder, ../input and ./data into tmp_path, all empty, and clear $DATA_DIR."""
-    kaggle, work, project = tmp_path / "kaggle" / "digit-recognizer", tmp_path / "working", tmp_path / "project"
+    """Point the Kaggle root, ../input and ./data into tmp_path, all empty, and clear $DATA_DIR."""
+    kaggle, work, project = tmp_path / "kaggle", tmp_path / "working", tmp_path / "project"
     work.mkdir()
-    monkeypatch.setattr(mnist_helpers, "KAGGLE_INPUT_DIR", kaggle)
+    monkeypatch.setattr(mnist_helpers, "KAGGLE_ROOT", kaggle)
     monkeypatch.setattr(mnist_helpers, "PROJECT_DIR", project)
     monkeypatch.chdir(work)
     monkeypatch.delenv("DATA_DIR", raising=False)
-    return {"kaggle": kaggle, "input": tmp_path / "input" / "digit-recognizer", "data": project / "data"}
+    return {"kaggle": kaggle / "input" / "digit-recognizer",
+            "competitions": kaggle / "input" / "competitions" / "digit-recognizer",
+            "input": tmp_path / "input" / "digit-recognizer", "data": project / "data"}
 
 
 def test_search_order_is_kaggle_then_input_then_data(places):
@@ -35,8 +37,38 @@ def test_search_order_is_kaggle_then_input_then_data(places):
     assert find_data_dir() == places["data"]
     _make_data(places["input"])
     assert find_data_dir() == places["input"]
+    _make_data(places["competitions"])
+    assert find_data_dir() == places["competitions"]
     _make_data(places["kaggle"])
     assert find_data_dir() == places["kaggle"]
+
+
+def test_kaggles_newer_competitions_folder_is_found(places):
+    _make_data(places["competitions"])  # /kaggle/input/competitions/digit-recognizer
+    assert find_data_dir() == places["competitions"]
+
+
+def test_data_attached_under_another_name_is_found_below_kaggle_input(places, tmp_path):
+    kaggle_input = tmp_path / "kaggle" / "input"
+    (kaggle_input / "aaa-other-dataset" / "images").mkdir(parents=True)  # searched first, holds nothing
+    _make_data(kaggle_input / "datasets" / "someone" / "mnist-as-csv" / "csv", gz=True)
+    assert find_data_dir() == kaggle_input / "datasets" / "someone" / "mnist-as-csv" / "csv"
+
+
+def test_the_search_below_kaggle_input_is_bounded(places, tmp_path):
+    kaggle_input = tmp_path / "kaggle" / "input"
+    deep = _make_data(kaggle_input / "a" / "b" / "c" / "d" / "e")  # five levels down: past SEARCH_MAX_DEPTH
+    with pytest.raises(FileNotFoundError, match=f"every folder under {kaggle_input}"):
+        find_data_dir()
+    assert search_data_dir(kaggle_input, max_depth=5) == deep
+    assert search_data_dir(kaggle_input, max_depth=5, max_folders=4) is None  # input, a, b, c: then it stops
+
+
+def test_an_explicit_dir_is_not_searched_around(places, tmp_path):
+    _make_data(tmp_path / "kaggle" / "input" / "some-dataset")
+    with pytest.raises(FileNotFoundError) as error:
+        find_data_dir(tmp_path / "empty")
+    assert "every folder under" not in str(error.value)
 
 
 def test_explicit_dir_wins_then_environment(places, tmp_path, monkeypatch):

@@ -14,20 +14,31 @@ from mnist_helpers import (DeviceBatches, FastPath, choose_fast_path, cpu_suppor
                            predict_proba, to_image_tensor)
 
 
-@pytest.mark.parametrize("bf16, amp_dtype", [(True, torch.bfloat16), (False, torch.float16)])
-def test_cuda_gets_amp_channels_last_device_data_and_cudnn_autotuning(bf16, amp_dtype):
-    fast = choose_fast_path("cuda", bf16=bf16)
-    assert fast.device == torch.device("cuda") and fast.amp_dtype == amp_dtype
+@pytest.mark.parametrize("capability", [(7, 5), (7, 0)])
+def test_volta_and_turing_gpus_get_fp16_with_a_grad_scaler(fake_gpu, capability):
+    fake_gpu(capability, "Tesla T4")
+    assert torch.cuda.is_bf16_supported()  # PyTorch's own answer on a T4: yes, because bf16 can be emulated
+    fast = choose_fast_path("cuda")
+    assert fast.amp_dtype == torch.float16 and fast.uses_grad_scaler and fast.precision == "float16"
     assert fast.channels_last and fast.data_on_device and fast.cudnn_benchmark
-    assert fast.uses_grad_scaler == (amp_dtype == torch.float16)  # fp16 needs loss scaling, bf16 does not
     assert fast.predict_batch_size > 1000 and fast.eval_batch_size > 100
 
 
-def test_cuda_asks_the_gpu_about_bf16_when_not_told(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    assert choose_fast_path("cuda").amp_dtype == torch.float16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
-    assert choose_fast_path("cuda").amp_dtype == torch.bfloat16
+@pytest.mark.parametrize("capability", [(8, 0), (8, 9), (9, 0), (12, 0)])
+def test_ampere_and_newer_gpus_get_bf16_without_a_scaler(fake_gpu, capability):
+    fake_gpu(capability, "NVIDIA L4")
+    fast = choose_fast_path("cuda")
+    assert fast.amp_dtype == torch.bfloat16 and not fast.uses_grad_scaler and fast.precision == "bfloat16"
+    assert fast.channels_last and fast.data_on_device and fast.cudnn_benchmark
+
+
+@pytest.mark.parametrize("capability", [(6, 0), (6, 1), (5, 2)])
+def test_older_gpus_never_get_bf16_and_train_in_fp32(fake_gpu, capability):
+    fake_gpu(capability, "Tesla P100-PCIE-16GB")
+    assert torch.cuda.is_bf16_supported()  # emulation again: the trap this choice avoids
+    fast = choose_fast_path("cuda")
+    assert fast.amp_dtype is None and fast.precision == "float32" and not fast.uses_grad_scaler
+    assert not fast.channels_last and fast.data_on_device  # no tensor cores, so NHWC buys nothing
 
 
 @pytest.mark.parametrize("bf16, amp_dtype", [(True, torch.bfloat16), (False, None)])
@@ -39,7 +50,6 @@ def test_cpu_uses_bf16_only_where_the_hardware_has_it(bf16, amp_dtype):
 
 
 def test_cpu_bf16_probe_follows_torch_cpu(monkeypatch):
-    assert isinstance(cpu_supports_bf16(), bool)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert not cpu_supports_bf16() and choose_fast_path("cpu").amp_dtype is None
@@ -62,6 +72,16 @@ def test_autocast_runs_convolutions_in_bf16_and_is_a_no_op_when_plain():
     with choose_fast_path("cpu", enabled=False).autocast():
         assert conv(xb).dtype == torch.float32
     assert conv(xb).dtype == torch.float32
+
+
+@pytest.mark.parametrize("device", ["mps", "cuda", "cpu"])
+def test_fp32_autocast_is_a_plain_null_context_that_never_builds_torch_autocast(monkeypatch, device):
+    def refuse(*args, **kwargs):  # older PyTorch refuses torch.autocast("mps", enabled=False) like this
+        raise RuntimeError(f"User specified an unsupported autocast device_type '{args[0] if args else device}'")
+
+    monkeypatch.setattr(torch, "autocast", refuse)
+    with FastPath(torch.device(device)).autocast() as context:
+        assert context is None
 
 
 def test_plain_grad_scaler_passes_the_loss_through():

@@ -107,8 +107,14 @@ BAD_TRAIN_FILES = {
     "pixel 256": (lambda p: _set_cell(p, 60, 784, "256"), ["row 60", "column 'pixel783'", "out of range 0-255"]),
     "pixel -1": (lambda p: _set_cell(p, 2, 100, "-1"), ["row 2", "column 'pixel99'", "'-1' is out of range 0-255"]),
     "pixel 0.5": (lambda p: _set_cell(p, 4, 1, "0.5"), ["row 4", "column 'pixel0'", "'0.5' is not an integer"]),
+    "fullwidth digit": (lambda p: _set_cell(p, 4, 2, "\uff11"), ["row 4", "column 'pixel1'", "is not a number"]),
     "label 10": (lambda p: _set_cell(p, 7, 0, "10"), ["row 7 (line 8)", "column 'label'", "'10' is out of range 0-9"]),
     "label 300": (lambda p: _set_cell(p, 8, 0, "300"), ["row 8", "column 'label'", "out of range 0-9"]),
+    # What an unchecked cast to uint8 (pandas 2.2) turns into 0 or 255, and what a cast to int16 or int32 would:
+    "label 256": (lambda p: _set_cell(p, 12, 0, "256"), ["row 12", "column 'label'", "'256' is out of range 0-9"]),
+    "pixel 65536": (lambda p: _set_cell(p, 3, 5, "65536"), ["row 3", "column 'pixel4'", "'65536' is out of range"]),
+    "pixel 2**32": (lambda p: _set_cell(p, 3, 6, "4294967296"), ["column 'pixel5'", "'4294967296' is out of range"]),
+    "pixel 2**64": (lambda p: _set_cell(p, 3, 7, "18446744073709551616"), ["column 'pixel6'", "is out of range"]),
     "row with an extra field": (lambda p: _set_cell(p, 9, 784, "1,2"), ["row 9", "786 fields, expected 785"]),
     "every row with an extra field": (lambda p: p.write_text("\n".join(
         [_lines(p)[0]] + [line + ",0" for line in _lines(p)[1:]]) + "\n"), ["row 1", "786 fields, expected 785"]),

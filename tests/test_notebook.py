@@ -15,7 +15,7 @@ from conftest import (NOTEBOOK, REPO_DIR, SHARED_DATA_DIR, make_digits, needs_sh
 from mnist_helpers import load_test_csv, load_train_csv
 
 PARAMETERS = {"DATA_DIR": None, "EPOCHS": 15, "BATCH_SIZE": 100, "LR": 1e-3, "VALID_SIZE": 0.2, "SEED": 42,
-              "TRAIN_ROWS": None, "TEST_ROWS": None, "OUTPUT_DIR": "output", "FAST": True,
+              "TRAIN_ROWS": None, "TEST_ROWS": None, "OUTPUT_DIR": None, "FAST": True,
               "PROGRESS": True, "LOSS_LINES": True, "RESUME": False, "DETERMINISTIC": False, "RECIPE": "reference",
               "BEST_EPOCHS": 25, "BEST_LR": 3e-3, "ENSEMBLE": 3, "TTA": 0, "FINAL_FIT": True}
 

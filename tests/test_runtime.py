@@ -7,18 +7,58 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import make_digits, notebook_namespace
+from conftest import KAGGLE_CU128_ARCHS, make_digits, notebook_namespace
 from torch import nn
 
-from mnist_helpers import (FastPath, choose_fast_path, get_device, make_loaders, predict, predict_proba,
+from mnist_helpers import (FastPath, choose_fast_path, device_facts, get_device, make_loaders, predict, predict_proba,
                            seed_everything)
 
 
 @pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
-def test_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+def test_device_prefers_cuda_then_mps_then_cpu(fake_gpu, monkeypatch, cuda, mps, expected):
+    fake_gpu((7, 5), "Tesla T4")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
     assert get_device() == torch.device(expected)
+
+
+def test_a_gpu_this_build_has_no_kernels_for_falls_back_to_the_cpu_with_one_line(fake_gpu, recwarn):
+    fake_gpu((6, 0), "Tesla P100-PCIE-16GB", arch_list=KAGGLE_CU128_ARCHS)  # Kaggle's P100 under its cu128 PyTorch
+    assert get_device() == torch.device("cpu")
+    assert [str(w.message) for w in recwarn] == [
+        "Tesla P100-PCIE-16GB (sm_60) is not supported by this PyTorch build (sm_70 ... sm_120); "
+        "on Kaggle choose GPU T4 x2; running on the CPU"]
+
+
+@pytest.mark.parametrize("capability, arch_list", [
+    ((7, 5), KAGGLE_CU128_ARCHS),            # Kaggle's T4: sm_75 is in the list
+    ((8, 9), ["sm_80", "sm_86", "sm_90"]),   # an L4 runs sm_86 machine code (same major, later minor)
+    ((9, 0), ["sm_75", "compute_80"]),       # an H100 runs compute_80 PTX, compiled by the driver
+    ((12, 0), ["sm_90", "compute_90"]),      # a Blackwell card, through PTX again
+    ((9, 0), ["sm_90a"]),                    # arch-specific code for exactly this GPU
+    ((6, 0), []),                            # a build that lists nothing: trusted
+])
+def test_gpus_the_build_covers_are_used(fake_gpu, recwarn, capability, arch_list):
+    fake_gpu(capability, arch_list=arch_list)
+    assert get_device() == torch.device("cuda") and not recwarn.list
+
+
+@pytest.mark.parametrize("capability, arch_list", [
+    ((6, 0), ["sm_70", "sm_75", "compute_75"]),  # too old for every entry, PTX included
+    ((8, 0), ["sm_86", "sm_90"]),                # sm_86 needs 8.6 or later; 8.0 is earlier
+    ((12, 0), ["sm_80", "sm_90"]),               # newer major and no PTX: no kernel would load
+    ((10, 0), ["sm_90a"]),                       # sm_90a runs on 9.0 only
+])
+def test_gpus_the_build_does_not_cover_fall_back_to_the_cpu(fake_gpu, capability, arch_list):
+    fake_gpu(capability, "Some GPU", arch_list=arch_list)
+    with pytest.warns(UserWarning, match=rf"^Some GPU \(sm_{capability[0]}{capability[1]}\) is not supported"):
+        assert get_device() == torch.device("cpu")
+
+
+def test_device_facts_name_the_gpu_and_its_capability(fake_gpu):
+    fake_gpu((7, 5), "Tesla T4")
+    assert device_facts("cuda") == {"DEVICE_NAME": "Tesla T4", "CAPABILITY": "7.5"}
+    assert device_facts("cpu") == {"DEVICE_NAME": "cpu", "CAPABILITY": None}
 
 
 def test_seed_everything_repeats_python_numpy_and_torch():

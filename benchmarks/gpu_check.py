@@ -1,0 +1,217 @@
+#!/usr/bin/env python
+"""One check of the whole project on a CUDA GPU, in under 8 minutes on a datacenter card.
+
+Stages, in this order, each in its own process with its own time limit (the JSON says which ran and how it ended):
+  1. facts:     the GPU, its compute capability, this PyTorch's arch list, and what get_device / choose_fast_path pick;
+  2. tests:     `pytest -m gpu tests/test_gpu.py` (autocast steps, DeviceBatches, prediction vs the CPU,
+                checkpoint resume, a real out-of-memory error);
+  3. reference: the notebook run headless (papermill) with its defaults: the reference model's 15 epochs, timed;
+  4. bench:     `benchmarks/bench_training.py --full` on the GPU;
+  5. best:      the notebook with RECIPE="best" (3 models x 25 epochs, then the final fit), timed, with its
+                validation accuracy.
+It writes gpu-check.json and gpu-check.txt (a short table) to --out, after every stage.
+
+    python benchmarks/gpu_check.py --data-dir ../shared/digit-recognizer    # or: make gpu-check DATA_DIR=...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_DIR))
+
+from mnist_helpers import choose_fast_path, device_facts, find_data_dir, get_device  # noqa: E402
+
+NOTEBOOK = REPO_DIR / "digit_recognizer.ipynb"
+STAGE_LIMITS = {"tests": 150, "reference": 150, "bench": 200, "best": 420}  # seconds, each at most
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line options; every default is in the help."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", help="folder with train.csv and test.csv (default: as the notebook searches)")
+    parser.add_argument("--out", type=Path, default=REPO_DIR / "output" / "gpu-check",
+                        help="where the JSON, the table and the runs' outputs go (default: output/gpu-check)")
+    parser.add_argument("--budget", type=float, default=460,
+                        help="seconds for all stages together; a stage gets what is left, up to its own limit "
+                             "(default: 460)")
+    parser.add_argument("--stages", default="facts,tests,reference,bench,best",
+                        help="comma-separated stages to run (default: all five)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny runs (1 epoch, 2 small models) that check this script itself, on any device")
+    return parser.parse_args()
+
+
+def facts() -> dict:
+    """What the hardware reports, what PyTorch would say about bf16, and what the project picks."""
+    device = get_device()
+    fast = choose_fast_path(device)
+    report = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+              "arch_list": torch.cuda.get_arch_list(), "device": str(device), **device_facts(device),
+              "precision": fast.precision, "grad_scaler": fast.uses_grad_scaler, "channels_last": fast.channels_last,
+              "data_on_device": fast.data_on_device, "cudnn_benchmark": fast.cudnn_benchmark,
+              "predict_batch_size": fast.predict_batch_size}
+    for package in ("numpy", "pandas", "matplotlib", "sklearn", "papermill", "torchinfo"):
+        try:
+            report[f"{package}_version"] = __import__(package).__version__
+        except ImportError:
+            report[f"{package}_version"] = None
+    if torch.cuda.is_available():
+        report.update(gpus=torch.cuda.device_count(), memory_gb=round(torch.cuda.get_device_properties(0).total_memory
+                                                                      / 2**30, 1),
+                      torch_says_bf16=torch.cuda.is_bf16_supported())
+    return report
+
+
+def run(command: list[str], limit: float, log: Path) -> dict:
+    """Run one stage's command with a time limit; its output goes to log. Returns rc and seconds."""
+    start = time.perf_counter()
+    with open(log, "w") as file:
+        try:
+            done = subprocess.run(command, cwd=REPO_DIR, stdout=file, stderr=subprocess.STDOUT, timeout=limit)
+            rc = done.returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    return {"rc": rc, "seconds": round(time.perf_counter() - start, 1), "log": log.name}
+
+
+def notebook_text(path: Path) -> str:
+    """All text the executed notebook's code cells printed."""
+    if not path.is_file():
+        return ""
+    cells = json.loads(path.read_text())["cells"]
+    return "".join("".join(output.get("text", "")) for cell in cells if cell["cell_type"] == "code"
+                   for output in cell.get("outputs", []))
+
+
+def papermill(out: Path, name: str, data_dir: Path, limit: float, **parameters) -> dict:
+    """Execute the notebook headless with these parameters into out/name; return its timings and accuracies."""
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    executed = folder / NOTEBOOK.name
+    command = [sys.executable, "-m", "papermill", str(NOTEBOOK), str(executed), "--cwd", str(REPO_DIR), "-k", "python3",
+               "--no-progress-bar", "-p", "DATA_DIR", str(data_dir), "-p", "OUTPUT_DIR", str(folder),
+               "-p", "PROGRESS", "False"]
+    for key, value in parameters.items():
+        command += ["-p", key, str(value)]
+    result = run(command, limit, out / f"{name}.log")
+    text = notebook_text(executed)
+    history = folder / "history.csv"
+    if history.is_file():
+        frame = pd.read_csv(history)
+        result.update(epochs=len(frame), train_seconds=round(float(frame["seconds"].sum()), 1),
+                      valid_acc_final=round(100 * float(frame["valid_acc"].iloc[-1]), 2),
+                      valid_acc_best=round(100 * float(frame["valid_acc"].max()), 2))
+    for key, pattern in (("device_line", r"device: .*"), ("fast_path_line", r"fast path: .*"),
+                         ("ensemble_line", r"ensemble of \d+.*validation accuracy.*"),
+                         ("final_fit_seconds", r"final fit (\d+) s"), ("member_lines", r"model seed \d+: .*")):
+        found = re.findall(pattern, text)
+        if found:
+            result[key] = found if key == "member_lines" else found[0]
+    experiments = folder / "experiments.csv"
+    if experiments.is_file():
+        result["experiments"] = pd.read_csv(experiments).round(5).to_dict("records")
+    return result
+
+
+def pytest_stage(out: Path, limit: float) -> dict:
+    """The GPU tests, with their counts from the JUnit XML."""
+    xml = out / "gpu-tests.xml"
+    result = run([sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-p", "no:cacheprovider", "-q",
+                  f"--junitxml={xml}"], limit, out / "tests.log")
+    if xml.is_file():
+        suite = ElementTree.parse(xml).getroot()
+        suite = suite if suite.tag == "testsuite" else suite[0]
+        result.update({key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")})
+    return result
+
+
+def bench_stage(out: Path, data_dir: Path, limit: float, options: list[str]) -> dict:
+    """bench_training.py --full on the device get_device picks; its JSON report."""
+    report = out / "bench.json"
+    result = run([sys.executable, "benchmarks/bench_training.py", "--full", "--device", str(get_device()),
+                  "--data-dir", str(data_dir), "--json", str(report), *options], limit, out / "bench.log")
+    if report.is_file():
+        result.update(json.loads(report.read_text()))
+    return result
+
+
+def table(report: dict) -> str:
+    """A short text summary of the report."""
+    f, lines = report.get("facts", {}), []
+    lines.append(f"GPU check, {report['date']}: {f.get('DEVICE_NAME')} (compute capability {f.get('CAPABILITY')}), "
+                 f"torch {f.get('torch')}, CUDA {f.get('cuda')}, cuDNN {f.get('cudnn')}")
+    lines.append(f"  picks: device {f.get('device')}, autocast {f.get('precision')}, GradScaler {f.get('grad_scaler')}, "
+                 f"channels_last {f.get('channels_last')} (torch.cuda.is_bf16_supported(): {f.get('torch_says_bf16')})")
+    for name, stage in report.get("stages", {}).items():
+        summary = {key: stage[key] for key in ("rc", "seconds", "tests", "failures", "errors", "skipped", "epochs",
+                                               "train_seconds", "valid_acc_final", "valid_acc_best",
+                                               "final_fit_seconds", "speedup") if key in stage}
+        lines.append(f"  {name:<10} {summary}")
+        for key in ("ensemble_line", "member_lines"):
+            if key in stage:
+                lines += [f"             {line}" for line in ([stage[key]] if isinstance(stage[key], str) else stage[key])]
+        for pipeline in ("full_a", "full_b"):
+            if pipeline in stage:
+                run_ = stage[pipeline]
+                lines.append(f"             ({pipeline[-1]}) {len(run_['valid_acc'])} epochs {run_['seconds']:.1f} s, final "
+                             f"{100 * run_['final']:.2f}%, {run_['images_per_s']:.0f} images/s")
+        if "predict_seconds" in stage:
+            lines.append("             predict the test images: " + ", ".join(
+                f"({name}) {seconds:.2f} s" for name, seconds in stage["predict_seconds"].items()))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run the stages in order within the budget, writing the JSON and the table after each."""
+    args = parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    data_dir = find_data_dir(args.data_dir)
+    stages = args.stages.split(",")
+    report = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "data_dir": str(data_dir), "budget_s": args.budget,
+              "stages": {}}
+    deadline = time.perf_counter() + args.budget
+    smoke = dict(EPOCHS=1, BEST_EPOCHS=1, ENSEMBLE=2, FINAL_FIT=False) if args.smoke else {}
+    bench_options = ["--epochs", "1", "--images", "200", "--rounds", "1"] if args.smoke else []
+    if "facts" in stages:
+        report["facts"] = facts()
+    for name in ("tests", "reference", "bench", "best"):
+        if name not in stages:
+            continue
+        limit = min(STAGE_LIMITS[name], deadline - time.perf_counter())
+        if limit < 20:
+            report["stages"][name] = {"rc": "skipped: out of time"}
+            continue
+        print(f"gpu_check: {name} (up to {limit:.0f} s)", flush=True)
+        if name == "tests":
+            result = pytest_stage(args.out, limit)
+        elif name == "reference":
+            result = papermill(args.out, name, data_dir, limit, **smoke)
+        elif name == "bench":
+            result = bench_stage(args.out, data_dir, limit, bench_options)
+        else:
+            result = papermill(args.out, name, data_dir, limit, RECIPE="best", **smoke)
+        report["stages"][name] = result
+        (args.out / "gpu-check.json").write_text(json.dumps(report, indent=2, default=str))
+        (args.out / "gpu-check.txt").write_text(table(report) + "\n")
+    report["seconds"] = round(args.budget - (deadline - time.perf_counter()), 1)
+    (args.out / "gpu-check.json").write_text(json.dumps(report, indent=2, default=str))
+    (args.out / "gpu-check.txt").write_text(table(report) + "\n")
+    print(table(report))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
