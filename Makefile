@@ -46,7 +46,7 @@ run: $(STAMP)  ## Run the notebook headless: $(OUTPUT_DIR)/submission.csv and th
 	$(BIN)/papermill $(NOTEBOOK) "$(OUTPUT_DIR)/$(NOTEBOOK)" --cwd . --kernel python3 $(PAPERMILL_PARAMETERS)
 	@echo "wrote $(OUTPUT_DIR)/submission.csv and $(OUTPUT_DIR)/$(NOTEBOOK)"
 
-test: $(STAMP)  ## Run the test suite (about 2 minutes on 2 CPU cores).
+test: $(STAMP)  ## Run the test suite (about 3 minutes on 2 CPU cores).
 	$(BIN)/python -m pytest
 
 test-min: $(STAMP_MIN)  ## The same suite under the oldest supported libraries (requirements-min.txt, in .venv-min).

@@ -829,6 +829,9 @@ def check_submission(submission: pd.DataFrame, expected_rows: int | None = None)
     for name in SUBMISSION_COLUMNS:
         if not pd.api.types.is_integer_dtype(submission[name]):
             raise ValueError(f"submission column '{name}' must hold integers, not {submission[name].dtype}.")
+        missing = submission[name].isna().to_numpy()
+        if missing.any():  # a nullable Int64 column: its missing values would be written as empty cells
+            raise ValueError(f"submission row {int(np.argmax(missing)) + 1}: {name} is missing; every row needs one.")
     ids = submission["ImageId"].to_numpy()
     if not np.array_equal(ids, np.arange(1, len(ids) + 1)):
         row = int(np.argmax(ids != np.arange(1, len(ids) + 1))) + 1
@@ -860,8 +863,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
     return path
 
 
-def write_submission(submission: pd.DataFrame, path: str | os.PathLike, expected_rows: int | None = None) -> Path:
-    """Check the submission, then write it atomically (temp file, then rename) so a good file is never lost."""
+def as_submission(labels: Sequence[int] | np.ndarray | pd.Series | pd.DataFrame) -> pd.DataFrame:
+    """An ImageId,Label frame from 1-D digit labels (ImageId 1..N), or the ImageId,Label frame itself."""
+    if isinstance(labels, pd.DataFrame):
+        return labels
+    expected = "write_submission takes the predicted digits as a 1-D array, Series or list, or an ImageId,Label frame"
+    if not isinstance(labels, (np.ndarray, pd.Series, pd.api.extensions.ExtensionArray, list, tuple)):
+        raise ValueError(f"{expected}; got {type(labels).__name__}.")
+    column = labels if isinstance(labels, pd.Series) else np.asarray(labels)
+    if column.ndim != 1:
+        raise ValueError(f"{expected}; got shape {column.shape} (for probabilities, pass proba.argmax(axis=1)).")
+    if not pd.api.types.is_integer_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
+        raise ValueError(f"{expected}; got {column.dtype} values (labels are integers 0-9; for probabilities, "
+                         "pass proba.argmax(axis=1)).")
+    column = pd.Series(column).reset_index(drop=True)  # (N,), whatever index a Series had
+    return pd.DataFrame({"ImageId": np.arange(1, len(column) + 1), "Label": column})
+
+
+def write_submission(labels: Sequence[int] | np.ndarray | pd.Series | pd.DataFrame, path: str | os.PathLike,
+                     expected_rows: int | None = None) -> Path:
+    """Check the labels (1-D, or an ImageId,Label frame), then write them atomically: a good file is never lost."""
+    submission = as_submission(labels)
     check_submission(submission, expected_rows)
     return atomic_write(path, lambda file: submission.to_csv(file, index=False))
 

@@ -9,6 +9,8 @@ import sys
 
 from conftest import REPO_DIR, make_digits, write_test_csv, write_train_csv
 
+from mnist_helpers import choose_fast_path, get_device
+
 
 def test_quick_benchmark_reports_every_figure_and_ends_with_the_speedup(tmp_path):
     X, y = make_digits(1500)
@@ -50,8 +52,9 @@ def test_gpu_check_runs_every_stage_and_writes_its_report(tmp_path):
                            "--out", str(out)], cwd=REPO_DIR, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((out / "gpu-check.json").read_text())
-    assert report["facts"]["device"] in ("cpu", "cuda") and report["facts"]["precision"] in ("bfloat16", "float32",
-                                                                                             "float16")
+    device = get_device()
+    assert report["facts"]["device"] == str(device)
+    assert report["facts"]["precision"] == choose_fast_path(device).precision
     stages = report["stages"]
     assert [stages[name]["rc"] for name in ("tests", "reference", "bench", "best")] == [0, 0, 0, 0], stages
     assert stages["tests"]["tests"] == 7 and stages["tests"]["failures"] == stages["tests"]["errors"] == 0

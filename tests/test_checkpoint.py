@@ -110,12 +110,14 @@ class Payload:
         return (print, ("this must not run",))
 
 
-def test_checkpoints_load_with_weights_only(tmp_path):
-    path = tmp_path / "checkpoint.pt"
-    torch.save({"epoch": 1, "payload": Payload()}, path)
+def test_checkpoints_load_with_weights_only(tmp_path, capsys):
     model, optimizer, _ = small_training_objects()
+    path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 1, [])
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "payload": Payload()}, path)  # a real checkpoint, plus an object that runs code
     with pytest.raises(ValueError, match="is not a readable checkpoint"):
         load_checkpoint(path, model, optimizer)
+    assert "this must not run" not in capsys.readouterr().out
 
 
 def test_a_missing_checkpoint_says_so(tmp_path):
@@ -165,11 +167,26 @@ def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_p
     cut = {**common, "OUTPUT_DIR": str(tmp_path / "cut")}
     with pytest.raises(Interrupted):
         run_notebook_in_process(cut, until_tag="train", after={"train-loop": interrupt_after_one_epoch})
-    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 1
-    resumed = run_notebook_in_process({**cut, "RESUME": True}, until_tag="train")
+    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 1
 
+    resumed_epochs = []
+
+    def count_epochs(namespace):
+        train_one_epoch = namespace["train_one_epoch"]
+
+        def counted(*args, **kwargs):
+            resumed_epochs.append(1)
+            return train_one_epoch(*args, **kwargs)
+
+        namespace["train_one_epoch"] = counted
+
+    resumed = run_notebook_in_process({**cut, "RESUME": True}, until_tag="train", after={"train-loop": count_epochs})
+
+    assert len(resumed_epochs) == 2  # epochs 2 and 3 only: epoch 1 came from the checkpoint, not retrained
     history = pd.read_csv(tmp_path / "cut" / "history.csv")
     assert history["epoch"].tolist() == [1, 2, 3]
+    assert history["seconds"].iloc[0] == saved["history"][0]["seconds"]  # epoch 1's row is the first run's own
     expected = pd.read_csv(tmp_path / "whole" / "history.csv")
     pd.testing.assert_frame_equal(history.drop(columns="seconds"), expected.drop(columns="seconds"))
     for name, weight in whole["model"].state_dict().items():

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import http.server
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -18,8 +19,8 @@ import pandas as pd
 import pytest
 from conftest import REPO_DIR, make_digits, write_test_csv, write_train_csv
 
-from mnist_helpers import (download_data, download_from_kaggle, kaggle_credentials_found, load_test_csv,
-                           load_train_csv, mnist_to_kaggle_layout, read_idx)
+from mnist_helpers import (KAGGLE_TRAIN_ROWS, MNIST_FILES, MNIST_MIRRORS, download_data, download_from_kaggle,
+                           kaggle_credentials_found, load_test_csv, load_train_csv, mnist_to_kaggle_layout, read_idx)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -109,10 +110,41 @@ def test_mnist_download_builds_the_competition_layout_and_test_labels(tmp_path, 
     assert not list(data_dir.rglob("*.tmp"))
 
 
-def test_the_split_is_seeded(tmp_path, mirror, checksums):
-    first = download(tmp_path / "a", [mirror.url + "/good/"], checksums)
-    second = download(tmp_path / "b", [mirror.url + "/good/"], checksums)
-    assert (first / "train.csv").read_bytes() == (second / "train.csv").read_bytes()
+def test_the_shipped_mnist_table_has_four_files_with_md5s_and_https_mirrors():
+    assert sorted(MNIST_FILES) == sorted(f"{part}-{kind}-idx{dims}-ubyte.gz" for part in ("train", "t10k")
+                                         for kind, dims in (("images", 3), ("labels", 1)))
+    assert all(re.fullmatch(r"[0-9a-f]{32}", md5) for md5 in MNIST_FILES.values())
+    assert len(set(MNIST_FILES.values())) == 4
+    assert len(MNIST_MIRRORS) >= 2 and all(url.startswith("https://") and url.endswith("/") for url in MNIST_MIRRORS)
+    assert KAGGLE_TRAIN_ROWS == 42_000  # and 70,000 - 42,000 = 28,000 test rows, as the competition has
+
+
+def test_the_split_is_seeded_shuffled_and_changes_with_the_seed(tmp_path, mnist_files):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name, data in mnist_files.items():
+        (raw / name).write_bytes(data)
+
+    def train_labels(name: str, seed: int) -> np.ndarray:
+        mnist_to_kaggle_layout(raw, tmp_path / name, train_rows=70, seed=seed)
+        return load_train_csv(tmp_path / name / "train.csv")[1]
+
+    first, again, other = train_labels("a", 0), train_labels("b", 0), train_labels("c", 1)
+    assert np.array_equal(first, again)  # the same seed, the same split
+    assert not np.array_equal(first, other)  # another seed, another split
+    in_file_order = np.concatenate([np.arange(60) % 10, np.arange(10) % 10])  # train's labels, then t10k's first 10
+    assert not np.array_equal(first, in_file_order)  # shuffled, not MNIST's own order cut at row 70
+    X, _ = load_train_csv(tmp_path / "a" / "train.csv")
+    test_images = read_idx(raw / "t10k-images-idx3-ubyte.gz").reshape(40, 784)
+    assert any((X == image).all(axis=1).any() for image in test_images)  # MNIST's test images are mixed in
+
+
+def test_a_bad_checksum_on_the_first_mirror_falls_through_to_a_good_file_on_the_next(tmp_path, mirror, checksums):
+    data_dir = download(tmp_path / "data", [mirror.url + "/bad/", mirror.url + "/good/"], checksums)
+    assert [path.split("/")[1] for path in mirror.requests] == ["bad", "good"] * 4
+    for name, md5 in checksums.items():
+        assert hashlib.md5((data_dir / "mnist" / name).read_bytes()).hexdigest() == md5
+    assert (data_dir / "train.csv").is_file() and not list(data_dir.rglob("*.tmp"))
 
 
 def test_a_mirror_that_is_down_falls_through_to_the_next(tmp_path, mirror, checksums):

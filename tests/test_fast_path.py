@@ -59,10 +59,11 @@ def test_cpu_bf16_probe_follows_torch_cpu(monkeypatch):
 
 @pytest.mark.parametrize("device", ["cpu", "cuda", "mps"])
 def test_disabled_or_mps_is_the_plain_fp32_pipeline(device):
-    plain = FastPath(torch.device(device))
-    assert choose_fast_path(device, enabled=False) == plain
-    assert plain.amp_dtype is None and not plain.channels_last and not plain.data_on_device
-    assert choose_fast_path("mps") == FastPath(torch.device("mps"))
+    for plain in (choose_fast_path(device, enabled=False), choose_fast_path("mps")):
+        assert plain.amp_dtype is None and plain.precision == "float32" and not plain.uses_grad_scaler
+        assert not plain.channels_last and not plain.data_on_device and not plain.cudnn_benchmark
+        assert plain.eval_batch_size is None and plain.predict_batch_size == 1000
+    assert choose_fast_path(device, enabled=False).device == torch.device(device)
 
 
 def test_autocast_runs_convolutions_in_bf16_and_is_a_no_op_when_plain():

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import make_digits, notebook_namespace
+from conftest import learnable_digits, make_digits, notebook_namespace
 from torch import nn
 
 from mnist_helpers import (DeviceBatches, FastPath, choose_fast_path, cuda_autocast_dtype, get_device,
@@ -25,17 +25,6 @@ pytestmark = [pytest.mark.gpu,
 def notebook():
     """The notebook's model and loops."""
     return notebook_namespace("imports", "model", "train-loop")
-
-
-def learnable_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 784) uint8 images whose label k is a bright 4x4 square at the k-th of ten places, on faint noise."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, n)
-    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
-    for i, k in enumerate(y):
-        row, col = 4 + 10 * (k // 5), 2 + 5 * (k % 5)
-        images[i, row:row + 4, col:col + 4] = 255
-    return images.reshape(n, 784), y.astype(np.int64)
 
 
 def test_the_gpu_is_used_with_the_precision_its_capability_calls_for():

@@ -113,8 +113,8 @@ BAD_TRAIN_FILES = {
     # What an unchecked cast to uint8 (pandas 2.2) turns into 0 or 255, and what a cast to int16 or int32 would:
     "label 256": (lambda p: _set_cell(p, 12, 0, "256"), ["row 12", "column 'label'", "'256' is out of range 0-9"]),
     "pixel 65536": (lambda p: _set_cell(p, 3, 5, "65536"), ["row 3", "column 'pixel4'", "'65536' is out of range"]),
-    "pixel 2**32": (lambda p: _set_cell(p, 3, 6, "4294967296"), ["column 'pixel5'", "'4294967296' is out of range"]),
-    "pixel 2**64": (lambda p: _set_cell(p, 3, 7, "18446744073709551616"), ["column 'pixel6'", "is out of range"]),
+    "pixel 2**32": (lambda p: _set_cell(p, 3, 6, "4294967296"), ["row 3", "column 'pixel5'", "'4294967296' is out of range"]),
+    "pixel 2**64": (lambda p: _set_cell(p, 3, 7, "18446744073709551616"), ["row 3", "column 'pixel6'", "is out of range"]),
     "row with an extra field": (lambda p: _set_cell(p, 9, 784, "1,2"), ["row 9", "786 fields, expected 785"]),
     "every row with an extra field": (lambda p: p.write_text("\n".join(
         [_lines(p)[0]] + [line + ",0" for line in _lines(p)[1:]]) + "\n"), ["row 1", "786 fields, expected 785"]),
@@ -146,8 +146,10 @@ def test_bad_train_csv_gets_a_one_line_error(data_dir, case):
 
 
 def test_train_csv_given_as_test_is_named(data_dir):
-    with pytest.raises(ValueError, match=r"has a 'label' column, so it looks like train.csv"):
-        load_test_csv(data_dir / "train.csv")
+    path = data_dir / "train.csv"
+    with pytest.raises(ValueError) as error:
+        load_test_csv(path)
+    assert str(error.value) == f"{path}: has a 'label' column, so it looks like train.csv; pass test.csv here."
 
 
 def test_bad_test_csv_cell_names_row_and_column(data_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import nbformat
@@ -9,10 +10,11 @@ import numpy as np
 import pandas as pd
 import papermill
 import pytest
-from conftest import (NOTEBOOK, REPO_DIR, SHARED_DATA_DIR, make_digits, needs_shared_data, run_notebook_in_process,
-                      write_test_csv, write_train_csv)
+import torch
+from conftest import (NOTEBOOK, REPO_DIR, SHARED_DATA_DIR, learnable_digits, make_digits, needs_shared_data,
+                      notebook_namespace, run_notebook_in_process, write_test_csv, write_train_csv)
 
-from mnist_helpers import load_test_csv, load_train_csv
+from mnist_helpers import choose_fast_path, load_test_csv, load_train_csv, predict
 
 PARAMETERS = {"DATA_DIR": None, "EPOCHS": 15, "BATCH_SIZE": 100, "LR": 1e-3, "VALID_SIZE": 0.2, "SEED": 42,
               "TRAIN_ROWS": None, "TEST_ROWS": None, "OUTPUT_DIR": None, "FAST": True,
@@ -56,18 +58,32 @@ def test_make_run_passes_the_parameters_that_are_set():
 
 
 @pytest.mark.parametrize("fast", [True, False])
-def test_smoke_run_on_generated_digits_writes_a_valid_submission(tmp_path, fast):
-    X, y = make_digits(500)
+def test_smoke_run_learns_generated_digits_and_submits_the_final_models_answers_in_order(tmp_path, fast):
+    X, y = learnable_digits(500)
+    X_test, y_test = learnable_digits(200, seed=1)
     write_train_csv(tmp_path / "train.csv", X, y)
-    write_test_csv(tmp_path / "test.csv", make_digits(200, seed=1)[0])
-    output_dir, executed = run_notebook(tmp_path, DATA_DIR=str(tmp_path), EPOCHS=1, FAST=fast)
+    write_test_csv(tmp_path / "test.csv", X_test)
+    pd.DataFrame({"ImageId": range(1, 201), "Label": y_test}).to_csv(tmp_path / "test_labels.csv", index=False)
+    output_dir, executed = run_notebook(tmp_path, DATA_DIR=str(tmp_path), EPOCHS=3, BATCH_SIZE=20, FAST=fast)
+
     check_submission_file(output_dir / "submission.csv", rows=200)
     history = pd.read_csv(output_dir / "history.csv")
-    assert history["epoch"].tolist() == [1] and set(history.columns) >= {"train_loss", "valid_loss", "valid_acc"}
+    assert history["epoch"].tolist() == [1, 2, 3] and history["valid_acc"].iloc[-1] >= 0.9, history
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "train.csv shape: (500, 785)" in text and "loss: " in text and "acc: " in text
     assert f"fast path: {fast} (" in text
     assert any("image/png" in o.get("data", {}) for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    # The scoring cell ran against test_labels.csv, and the model had learned:
+    scored = re.search(r"submission\.csv: accuracy (\d\.\d+) \((\d+) of 200 correct\) against .*test_labels\.csv", text)
+    assert scored and float(scored.group(1)) >= 0.9, text[-2000:]
+    # The submission holds the final model's own answers, row by row: rebuild it from the last checkpoint.
+    code = notebook_namespace("imports", "model")
+    path = choose_fast_path("cpu", enabled=fast)
+    model = path.prepare_model(code["TwoConvCNN"]())
+    model.load_state_dict(torch.load(output_dir / "checkpoint.pt", weights_only=True)["model"])
+    submitted = pd.read_csv(output_dir / "submission.csv")["Label"].to_numpy()
+    np.testing.assert_array_equal(submitted, predict(model, X_test, path))
+    assert (submitted == y_test).mean() == float(scored.group(1))
 
 
 def test_missing_data_stops_the_notebook_with_one_clear_line(tmp_path):

@@ -61,8 +61,55 @@ def test_a_failure_while_writing_keeps_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
 
 
-def test_check_submission_accepts_a_good_frame():
-    check_submission(_submission(28000), expected_rows=28000)
+def test_check_submission_accepts_a_good_frame_of_the_expected_size_only():
+    assert check_submission(_submission(28000), expected_rows=28000) is None
+    with pytest.raises(ValueError, match="28000 rows, expected 27999"):
+        check_submission(_submission(28000), expected_rows=27999)
+
+
+FIVE_LABELS = "ImageId,Label\n1,3\n2,1\n3,4\n4,1\n5,5\n"
+
+
+@pytest.mark.parametrize("labels", [
+    np.array([3, 1, 4, 1, 5]),                              # what predict() returns: (N,) int64
+    np.array([3, 1, 4, 1, 5], dtype=np.int32),
+    np.array([3, 1, 4, 1, 5], dtype=np.uint8),
+    [3, 1, 4, 1, 5],
+    (3, 1, 4, 1, 5),
+    pd.Series([3, 1, 4, 1, 5], index=[10, 11, 12, 13, 14]),  # its own index is ignored: ids run 1..N
+    pd.Series([3, 1, 4, 1, 5], dtype="Int64"),              # nullable, but nothing missing
+    _submission(5, labels=[3, 1, 4, 1, 5]),                 # the ImageId,Label frame, as before
+], ids=["int64", "int32", "uint8", "list", "tuple", "series", "Int64", "frame"])
+def test_write_submission_takes_1d_labels_or_the_frame(tmp_path, labels):
+    path = write_submission(labels, tmp_path / "submission.csv", expected_rows=5)
+    assert path.read_text() == FIVE_LABELS
+
+
+@pytest.mark.parametrize("labels, words", [
+    (np.zeros((5, 10)), "got shape (5, 10) (for probabilities, pass proba.argmax(axis=1))"),
+    (np.array([[3, 1, 4, 1, 5]]), "got shape (1, 5)"),
+    (np.array([0.1, 0.9, 0.5, 0.2, 0.3]), "got float64 values (labels are integers 0-9"),
+    ([3.0, 1.0, 4.0, 1.0, 5.0], "got float64 values"),
+    (np.array([True, False, True, True, False]), "got bool values"),
+    (np.array(["3", "1", "4", "1", "5"]), "got <U1 values"),
+    (pd.Series([3, None, 4, 1, 5], dtype="Int64"), "submission row 2: Label is missing; every row needs one."),
+    (_submission(5).astype({"Label": "Int64"}).assign(Label=pd.array([1, 2, None, 4, 5], dtype="Int64")),
+     "submission row 3: Label is missing"),
+    ({"ImageId": [1], "Label": [3]}, "got dict."),
+    ("31415", "got str."),
+    (None, "got NoneType."),
+    (np.int64(3), "got int64."),
+], ids=["probabilities", "2-D", "floats", "float list", "bools", "strings", "Int64 missing", "frame missing", "dict",
+        "str", "None", "scalar"])
+def test_write_submission_refuses_anything_else_in_one_line_and_keeps_the_old_file(tmp_path, labels, words):
+    path = tmp_path / "submission.csv"
+    path.write_bytes(FIVE_LABELS.encode())
+    with pytest.raises(ValueError) as error:
+        write_submission(labels, path, expected_rows=5)
+    message = str(error.value)
+    assert words in message and "\n" not in message, message
+    assert path.read_bytes() == FIVE_LABELS.encode()
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
 
 
 # --- score_submission: local scoring against test_labels.csv ------------------------------
@@ -92,7 +139,7 @@ def test_score_prints_and_returns_the_accuracy(tmp_path, labels_csv, capsys):
     ("ImageId,Label\n1,7\n2,2.5\n3,1\n4,0\n", "column 'Label' must hold integers"),
     ("ImageId,Label\n1,7\n2,\n3,1\n4,0\n", "column 'Label' must hold integers"),
     ("", "is not a readable CSV"),
-    ("ImageId,Label\n1,7,9\n\x00\x00\n", "submission"),
+    ("ImageId,Label\n1,7,9\n\x00\x00\n", "submission has 2 rows, expected 4"),
 ])
 def test_score_validates_like_kaggle_with_one_line_naming_the_file(tmp_path, labels_csv, text, words):
     submission = _write(tmp_path / "submission.csv", text)
@@ -100,6 +147,14 @@ def test_score_validates_like_kaggle_with_one_line_naming_the_file(tmp_path, lab
         score_submission(submission, labels_csv)
     message = str(error.value)
     assert message.startswith(f"{submission}: ") and words in message and "\n" not in message
+
+
+def test_score_from_the_command_line_refuses_a_bad_submission_in_one_line(tmp_path, labels_csv):
+    submission = _write(tmp_path / "submission.csv", "ImageId,Label\n1,7\n2,12\n3,1\n4,0\n")
+    done = subprocess.run([sys.executable, "mnist_helpers.py", "score", str(submission), str(labels_csv)],
+                          cwd=REPO_DIR, capture_output=True, text=True)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == f"error: {submission}: submission row 2: Label is 12, expected a digit 0-9.\n"
 
 
 def test_score_from_the_command_line(tmp_path, labels_csv):
