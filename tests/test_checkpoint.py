@@ -186,7 +186,7 @@ def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_p
     assert len(resumed_epochs) == 2  # epochs 2 and 3 only: epoch 1 came from the checkpoint, not retrained
     history = pd.read_csv(tmp_path / "cut" / "history.csv")
     assert history["epoch"].tolist() == [1, 2, 3]
-    assert history["seconds"].iloc[0] == saved["history"][0]["seconds"]  # epoch 1's row is the first run's own
+    assert resumed["history"]["seconds"].iloc[0] == saved["history"][0]["seconds"]  # epoch 1's row: the first run's
     expected = pd.read_csv(tmp_path / "whole" / "history.csv")
     pd.testing.assert_frame_equal(history.drop(columns="seconds"), expected.drop(columns="seconds"))
     for name, weight in whole["model"].state_dict().items():
