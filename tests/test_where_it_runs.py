@@ -12,7 +12,6 @@ import sys
 
 import pandas as pd
 import papermill
-import pytest
 import torch
 from conftest import NOTEBOOK, REPO_DIR, make_digits, notebook_namespace, write_test_csv, write_train_csv
 
