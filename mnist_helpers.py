@@ -737,11 +737,11 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     except Exception as error:  # truncated, not a checkpoint, or holding objects weights_only refuses
         raise ValueError(f"{path}: is not a readable checkpoint ({type(error).__name__}); "
                          "delete it, or run with RESUME=False to start over.") from None
-    saved = state["config"]
-    made_on = f" on {saved['DEVICE_NAME']}" if saved.get("DEVICE_NAME") else ""  # device_facts, if recorded
+    recorded = state["config"]
+    made_on = f" on {recorded['DEVICE_NAME']}" if recorded.get("DEVICE_NAME") else ""  # device_facts, if recorded
     for name, value in (config or {}).items():
-        if saved.get(name) != value:
-            raise ValueError(f"{path}: was written with {name}={saved.get(name)!r}{made_on} but this run has "
+        if recorded.get(name) != value:
+            raise ValueError(f"{path}: was written with {name}={recorded.get(name)!r}{made_on} but this run has "
                              f"{name}={value!r}; resume with the same parameters and the same kind of device, "
                              "or RESUME=False to start over.")
     model.load_state_dict(state["model"])

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import papermill
@@ -34,13 +35,13 @@ def test_the_summary_cells_leave_the_model_on_its_own_device():
 def test_output_dir_is_kaggles_working_folder_on_kaggle_and_output_elsewhere(tmp_path, monkeypatch):
     monkeypatch.setattr(mnist_helpers, "KAGGLE_ROOT", tmp_path / "kaggle")
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
-    assert output_dir_for(None) == mnist_helpers.Path("output")
+    assert output_dir_for(None) == Path("output")
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
     assert output_dir_for(None) == tmp_path / "kaggle" / "working"
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
     (tmp_path / "kaggle" / "working").mkdir(parents=True)  # the folder alone tells, too
     assert output_dir_for(None) == tmp_path / "kaggle" / "working"
-    assert output_dir_for("elsewhere") == mnist_helpers.Path("elsewhere")
+    assert output_dir_for("elsewhere") == Path("elsewhere")
 
 
 def test_the_utility_script_run_with_no_arguments_prints_its_usage_and_succeeds():
