@@ -13,12 +13,13 @@ VENV_MIN ?= .venv-min
 STAMP_MIN := $(VENV_MIN)/.requirements-installed
 NOTEBOOK := digit_recognizer.ipynb
 OUTPUT_DIR ?= output
-# Notebook parameters that `make run` hands to papermill when they are set (OUTPUT_DIR always is).
+# Notebook parameters that `make run` (and `make figures`) hand to papermill when they are set; run: OUTPUT_DIR always.
 PARAMETERS := DATA_DIR EPOCHS BATCH_SIZE LR VALID_SIZE SEED TRAIN_ROWS TEST_ROWS FAST PROGRESS LOSS_LINES RESUME \
               DETERMINISTIC RECIPE BEST_EPOCHS BEST_LR ENSEMBLE TTA FINAL_FIT
-PAPERMILL_PARAMETERS = $(strip -p OUTPUT_DIR '$(OUTPUT_DIR)' $(foreach p,$(PARAMETERS),$(if $($(p)),-p $(p) '$($(p))')))
+NOTEBOOK_PARAMETERS = $(strip $(foreach p,$(PARAMETERS),$(if $($(p)),-p $(p) '$($(p))')))
+PAPERMILL_PARAMETERS = -p OUTPUT_DIR '$(OUTPUT_DIR)' $(NOTEBOOK_PARAMETERS)
 
-.PHONY: help venv data run test test-min bench gpu-check clean
+.PHONY: help venv data run figures kernel lab test test-min bench gpu-check clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -41,10 +42,17 @@ venv: $(STAMP)  ## Create .venv and install the pinned requirements.
 data: $(STAMP)  ## Put train.csv and test.csv in data/: from Kaggle with credentials, else built from MNIST.
 	$(BIN)/python mnist_helpers.py download --data-dir data $(if $(MNIST),--mnist)
 
-run: $(STAMP)  ## Run the notebook headless: $(OUTPUT_DIR)/submission.csv and the executed notebook.
-	@mkdir -p "$(OUTPUT_DIR)"
-	$(BIN)/papermill $(NOTEBOOK) "$(OUTPUT_DIR)/$(NOTEBOOK)" --cwd . --kernel python3 $(PAPERMILL_PARAMETERS)
-	@echo "wrote $(OUTPUT_DIR)/submission.csv and $(OUTPUT_DIR)/$(NOTEBOOK)"
+run: $(STAMP)  ## Run the notebook headless, fetching the data first if there is none: output/submission.csv.
+	@$(BIN)/python scripts/run_notebook.py $(PAPERMILL_PARAMETERS)
+
+figures: $(STAMP)  ## A full RECIPE=best run (about 40 min on 2 CPU cores) into docs/: the executed notebook, README's figures.
+	@$(BIN)/python scripts/make_figures.py $(if $(FROM),--from '$(FROM)') $(NOTEBOOK_PARAMETERS)
+
+kernel: $(STAMP)  ## Register .venv as the Jupyter kernel "digit-recognizer (.venv)", for JupyterLab and VS Code.
+	$(BIN)/python -m ipykernel install --user --name digit-recognizer --display-name "digit-recognizer (.venv)"
+
+lab: kernel  ## Open the notebook in JupyterLab (from .venv, with its kernel registered).
+	$(BIN)/jupyter lab $(NOTEBOOK)
 
 test: $(STAMP)  ## Run the test suite (about 3 minutes on 2 CPU cores).
 	$(BIN)/python -m pytest

@@ -151,6 +151,12 @@ KAGGLE_TRAIN_ROWS = 42_000  # the competition's cut of MNIST's 70,000 images: 42
 DATA_FILES = ("train.csv", "test.csv", "sample_submission.csv")
 
 
+def mnist_mirrors() -> tuple[str, ...]:
+    """The MNIST mirrors to try, in order: $MNIST_MIRRORS (base URLs, space- or comma-separated) if set, else ours."""
+    chosen = os.environ.get("MNIST_MIRRORS", "").replace(",", " ").split()
+    return tuple(url if url.endswith("/") else url + "/" for url in chosen) or MNIST_MIRRORS
+
+
 def kaggle_credentials_found() -> bool:
     """True when the Kaggle CLI would find credentials: KAGGLE_USERNAME/KAGGLE_KEY, or a kaggle.json."""
     if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY") or os.environ.get("KAGGLE_API_TOKEN"):
@@ -226,14 +232,14 @@ def download_file(url: str, path: str | os.PathLike, md5: str, show_progress: bo
     return atomic_write(path, fetch, binary=True)
 
 
-def fetch_mnist_file(name: str, md5: str, folder: str | os.PathLike, mirrors: Sequence[str] = MNIST_MIRRORS,
+def fetch_mnist_file(name: str, md5: str, folder: str | os.PathLike, mirrors: Sequence[str] | None = None,
                      show_progress: bool = True) -> Path:
     """One MNIST file in folder: kept if already there with the right MD5, else tried from each mirror in turn."""
     path = Path(folder) / name
     if path.is_file() and _md5(path) == md5:
         return path
     failures = []
-    for mirror in mirrors:
+    for mirror in mirrors or mnist_mirrors():
         try:
             return download_file(mirror.rstrip("/") + "/" + name, path, md5, show_progress)
         except (OSError, http.client.HTTPException, ValueError) as error:  # refused, 404, timeout, cut off, bad checksum
@@ -254,11 +260,15 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def mnist_to_kaggle_layout(raw_dir: str | os.PathLike, data_dir: str | os.PathLike,
-                           train_rows: int = KAGGLE_TRAIN_ROWS, seed: int = 0) -> list[Path]:
-    """Shuffle MNIST's 70,000 images (seeded) into train.csv, test.csv, sample_submission.csv and test_labels.csv."""
+                           train_rows: int | None = None, seed: int = 0) -> list[Path]:
+    """Shuffle MNIST's 70,000 images (seeded) into train.csv, test.csv, sample_submission.csv and test_labels.csv.
+
+    train_rows=None keeps the competition's share: 42,000 of 70,000 images (60%) in train.csv, the rest in test.csv.
+    """
     raw_dir, data_dir = Path(raw_dir), Path(data_dir)
     images = np.concatenate([read_idx(raw_dir / f"{part}-images-idx3-ubyte.gz") for part in ("train", "t10k")])
     labels = np.concatenate([read_idx(raw_dir / f"{part}-labels-idx1-ubyte.gz") for part in ("train", "t10k")])
+    train_rows = round(len(labels) * KAGGLE_TRAIN_ROWS / 70_000) if train_rows is None else train_rows
     if len(images) != len(labels) or not 0 < train_rows < len(labels):
         raise ValueError(f"{raw_dir}: {len(images)} images and {len(labels)} labels cannot make {train_rows} train rows.")
     order = np.random.default_rng(seed).permutation(len(labels))
@@ -281,8 +291,8 @@ def _kaggle_cli() -> str:
 
 
 def download_data(data_dir: str | os.PathLike = PROJECT_DIR / "data", use_kaggle: bool | None = None,
-                  mirrors: Sequence[str] = MNIST_MIRRORS, files: dict[str, str] = MNIST_FILES,
-                  train_rows: int = KAGGLE_TRAIN_ROWS, show_progress: bool = True, kaggle: str | None = None) -> Path:
+                  mirrors: Sequence[str] | None = None, files: dict[str, str] = MNIST_FILES,
+                  train_rows: int | None = None, show_progress: bool = True, kaggle: str | None = None) -> Path:
     """Put train.csv and test.csv in data_dir: from Kaggle with credentials, else built from MNIST's files."""
     data_dir = Path(data_dir)
     if all((data_dir / name).is_file() for name in ("train.csv", "test.csv")):
@@ -296,8 +306,8 @@ def download_data(data_dir: str | os.PathLike = PROJECT_DIR / "data", use_kaggle
     for name, md5 in files.items():
         fetch_mnist_file(name, md5, raw_dir, mirrors, show_progress)
     mnist_to_kaggle_layout(raw_dir, data_dir, train_rows)
-    with open(data_dir / "test_labels.csv") as file:
-        test_rows = sum(1 for _ in file) - 1  # less the header
+    with open(data_dir / "train.csv") as train, open(data_dir / "test_labels.csv") as labels:
+        train_rows, test_rows = (sum(1 for _ in file) - 1 for file in (train, labels))  # less the headers
     print(f"{data_dir}: built from MNIST's own files (no Kaggle credentials used). This is MNIST in Kaggle's layout "
           f"(train.csv {train_rows:,} rows, test.csv {test_rows:,} rows), not "
           "Kaggle's own row order; test_labels.csv scores a submission locally: "
@@ -569,9 +579,53 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def progress(iterable: Iterable | None = None, desc: str = "", enabled: bool = True, **kwargs) -> tqdm:
-    """A tqdm progress bar (a widget in Jupyter, text in a terminal); enabled=False shows nothing."""
-    return tqdm(iterable, desc=desc, disable=not enabled, dynamic_ncols=True, **kwargs)
+def progress(iterable: Iterable | None = None, desc: str = "", enabled: bool | str = True, **kwargs) -> tqdm:
+    """A tqdm progress bar (a widget in Jupyter, text in a terminal) when enabled is True; else it shows nothing."""
+    return tqdm(iterable, desc=desc, disable=enabled is not True, dynamic_ncols=True, **kwargs)
+
+
+def format_duration(seconds: float) -> str:
+    """A short human duration: "42 s", "3 min 05 s", "1 h 02 min"."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class EpochProgress:
+    """Epochs first..last, shown as they finish: a tqdm bar (mode True), one printed line each ("lines") or nothing.
+
+    report(row) after each epoch takes its history row (train_loss, valid_acc, seconds). The time left is the mean
+    epoch time of this run so far, times the epochs still to come here and `later` epochs after this loop.
+    """
+
+    def __init__(self, first: int, last: int, desc: str = "training", mode: bool | str = True, later: int = 0,
+                 leave: bool = True):
+        if not (isinstance(mode, bool) or mode == "lines"):  # not 1 or 0: papermill keeps types, so say True
+            raise ValueError(f"PROGRESS must be True, False or 'lines', got {mode!r}.")
+        self.last, self.desc, self.mode, self.later = last, desc, mode, later
+        self.bar = progress(range(first, last + 1), desc, mode, initial=first - 1, total=last, leave=leave)
+        self.seconds: list[float] = []
+
+    def __iter__(self) -> Iterator[int]:
+        """Yield the epoch numbers first..last."""
+        return iter(self.bar)
+
+    def report(self, row: dict) -> str:
+        """Show one finished epoch; returns its line ("" unless mode is "lines")."""
+        self.seconds.append(row["seconds"])
+        if self.mode is True:
+            self.bar.set_postfix({key: f"{row[key]:.4f}" for key in ("train_loss", "valid_acc") if key in row})
+        if self.mode != "lines":
+            return ""
+        left = (self.last - row["epoch"] + self.later) * float(np.mean(self.seconds))
+        valid = f", valid acc {100 * row['valid_acc']:.2f}%" if "valid_acc" in row else ""
+        line = (f"{self.desc}, epoch {row['epoch']:>{len(str(self.last))}}/{self.last}: train loss {row['train_loss']:.4f}"
+                f"{valid}, {row['seconds']:.1f} s, about {format_duration(left)} left")
+        print(line, flush=True)
+        return line
 
 
 # --- The fast path ---------------------------------------------------------------------
@@ -689,7 +743,15 @@ def one_cycle_lrs(max_lr: float, epochs: int, steps_per_epoch: int) -> np.ndarra
 # --- Checkpoints and resume -------------------------------------------------------------
 
 
-def _rng_states(generator: torch.Generator | None) -> dict:
+Generators = torch.Generator | Sequence[torch.Generator] | None  # a run's own generators: shuffling, augmentation
+
+
+def _as_list(generators: Generators) -> list[torch.Generator]:
+    """One generator, several, or None, as a list."""
+    return [] if generators is None else [generators] if isinstance(generators, torch.Generator) else list(generators)
+
+
+def _rng_states(generators: Generators) -> dict:
     """Every random state a resumed run needs, as tensors and plain values (loadable with weights_only=True)."""
     version, mt_state, gauss = random.getstate()
     name, keys, position, has_gauss, cached = np.random.get_state()
@@ -697,10 +759,10 @@ def _rng_states(generator: torch.Generator | None) -> dict:
             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
             "torch": torch.get_rng_state(),  # dropout masks on the CPU
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "loader": generator.get_state() if generator is not None else None}  # the shuffling order
+            "generators": [generator.get_state() for generator in _as_list(generators)]}  # shuffling, augmentation
 
 
-def _restore_rng_states(states: dict, generator: torch.Generator | None) -> None:
+def _restore_rng_states(states: dict, generators: Generators) -> None:
     """Put back the random states saved by _rng_states."""
     version, mt_state, gauss = states["python"]
     random.setstate((version, tuple(mt_state), gauss))
@@ -709,12 +771,12 @@ def _restore_rng_states(states: dict, generator: torch.Generator | None) -> None
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
-    if generator is not None and states["loader"] is not None:
-        generator.set_state(states["loader"])
+    for generator, state in zip(_as_list(generators), states["generators"]):
+        generator.set_state(state)
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-                    history: Sequence[dict], generator: torch.Generator | None = None, scaler=None, scheduler=None,
+                    history: Sequence[dict], generator: Generators = None, scaler=None, scheduler=None,
                     config: dict | None = None) -> Path:
     """Save all that resuming after `epoch` needs (weights, optimizer, scheduler, history, RNG), atomically."""
     state = {"epoch": epoch, "history": [dict(row) for row in history], "config": dict(config or {}),
@@ -726,7 +788,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
 
 
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    generator: torch.Generator | None = None, scaler=None, scheduler=None,
+                    generator: Generators = None, scaler=None, scheduler=None,
                     config: dict | None = None) -> tuple[int, list[dict]]:
     """Restore a save_checkpoint file into these objects and return (epoch, history); one-line errors."""
     path = Path(path)
@@ -751,6 +813,37 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
             target.load_state_dict(saved)
     _restore_rng_states(state["rng"], generator)
     return state["epoch"], state["history"]
+
+
+class TrainingCheckpoint:
+    """One training run's checkpoint file: save() after every epoch, resume() to carry on where it stopped.
+
+    It holds the model, optimizer, scheduler and scaler states, the history, and every random state (Python, NumPy,
+    torch, and the run's own generators, e.g. shuffling and augmentation), so that a resumed run on the same kind of
+    device ends with the weights of an uninterrupted one. config must match to resume; facts are only recorded.
+    """
+
+    def __init__(self, path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler=None, scheduler=None, generators: Generators = None, config: dict | None = None,
+                 facts: dict | None = None):
+        self.path, self.model, self.optimizer = Path(path), model, optimizer
+        self.scaler, self.scheduler, self.generators = scaler, scheduler, generators
+        self.config, self.facts = dict(config or {}), dict(facts or {})
+
+    def resume(self) -> tuple[list[dict], int]:
+        """(history, epochs done) restored from the file, and a line saying so; ([], 0) when there is no file yet."""
+        if not self.path.exists():
+            print(f"RESUME: no checkpoint at {self.path} yet, so training starts at epoch 1")
+            return [], 0
+        done, history = load_checkpoint(self.path, self.model, self.optimizer, self.generators, self.scaler,
+                                        self.scheduler, config=self.config)
+        print(f"resumed from {self.path}: {done} of {self.config.get('EPOCHS', '?')} epochs already done")
+        return history, done
+
+    def save(self, epoch: int, history: Sequence[dict]) -> Path:
+        """Write the state after `epoch` atomically (the previous file survives a failed write)."""
+        return save_checkpoint(self.path, self.model, self.optimizer, epoch, history, self.generators, self.scaler,
+                               self.scheduler, config={**self.config, **self.facts})
 
 
 # --- Prediction and submission -------------------------------------------------------

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,8 +26,8 @@ from torch import nn
 REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_DIR))
 
-from mnist_helpers import (choose_fast_path, csv_path, ensemble_proba, find_data_dir, get_device,  # noqa: E402
-                           load_train_csv, run_notebook_cells, split_train_valid)
+from mnist_helpers import (choose_fast_path, csv_path, device_facts, ensemble_proba, find_data_dir,  # noqa: E402
+                           get_device, load_train_csv, run_notebook_cells, split_train_valid)
 
 NOTEBOOK = REPO_DIR / "digit_recognizer.ipynb"
 
@@ -55,11 +56,17 @@ def main() -> None:
     X_all, y_all = load_train_csv(csv_path(data_dir, "train.csv"), max_rows=args.train_rows)
     X_train, X_valid, y_train, y_valid = split_train_valid(X_all, y_all, 0.2, args.seed)
     code = run_notebook_cells(NOTEBOOK, "imports", "model", "train-loop", "model-best", "best-recipe")
-    code.update(BATCH_SIZE=100, BEST_LR=args.lr, PROGRESS=False, fast=fast, loss_fn=nn.CrossEntropyLoss())
+    # What train_member reads from the notebook's earlier cells. Its checkpoints go to a scratch folder (or --save-dir).
+    scratch = tempfile.TemporaryDirectory(prefix="experiments-")
+    code.update(BATCH_SIZE=100, BEST_LR=args.lr, PROGRESS="lines", fast=fast, loss_fn=nn.CrossEntropyLoss(),
+                SEED=args.seed, VALID_SIZE=0.2, TRAIN_ROWS=args.train_rows, FAST=True, RESUME=False,
+                facts=device_facts(device), output_dir=args.save_dir or Path(scratch.name))
     print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}: {args.members} models x {args.epochs} epochs on {device} "
           f"(torch {torch.__version__}), {len(X_train)} training / {len(X_valid)} validation rows from {data_dir}",
           flush=True)
 
+    if args.save_dir:
+        args.save_dir.mkdir(parents=True, exist_ok=True)
     models, report = [], {"args": {k: str(v) for k, v in vars(args).items()}, "members": [], "ensembles": []}
     for k in range(1, args.members + 1):
         start = time.perf_counter()
@@ -71,7 +78,6 @@ def main() -> None:
                                   "valid_acc_per_epoch": history["valid_acc"].tolist()})
         print(f"  model seed {args.seed + k}: {100 * accuracy:.2f}% in {seconds:.0f} s", flush=True)
         if args.save_dir:
-            args.save_dir.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), args.save_dir / f"member-{args.seed + k}.pt")
 
     single = np.array([m["valid_acc"] for m in report["members"]])

@@ -77,9 +77,11 @@ def run_notebook_in_process(parameters: dict, until_tag: str, after: dict | None
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     namespace: dict = {}
     for tags, source in notebook_code_cells(NOTEBOOK):
         exec(compile(source, f"{NOTEBOOK.name}[{','.join(tags)}]", "exec"), namespace)
+        plt.close("all")  # no window shows them, and dozens left open make matplotlib warn
         if "parameters" in tags:
             namespace.update(parameters)
         for tag in tags:

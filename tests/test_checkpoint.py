@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_digits, run_notebook_in_process, write_test_csv, write_train_csv
+from conftest import learnable_digits, make_digits, run_notebook_in_process, write_test_csv, write_train_csv
 from torch import nn
 
 import mnist_helpers
@@ -207,3 +207,73 @@ def test_the_notebook_refuses_to_resume_a_checkpoint_of_another_precision(tmp_pa
     with pytest.raises(ValueError, match=r"was written with PRECISION='bfloat16' on cpu but this run has "
                                          r"PRECISION='float32'; resume with the same parameters"):
         run_notebook_in_process({**parameters, "RESUME": True}, until_tag="train")
+
+
+def test_several_generators_round_trip_in_order(tmp_path):
+    model, optimizer, _ = small_training_objects()
+    shuffling, augmentation = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    torch.rand(3, generator=augmentation)  # the two are in different places
+    path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 1, [], [shuffling, augmentation])
+    expected = [torch.rand(2, generator=g).tolist() for g in (shuffling, augmentation)]
+    fresh = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)]
+    load_checkpoint(path, model, optimizer, fresh)
+    assert [torch.rand(2, generator=g).tolist() for g in fresh] == expected
+
+
+def test_training_checkpoint_without_a_file_starts_at_epoch_one_and_says_so(tmp_path, capsys):
+    model, optimizer, _ = small_training_objects()
+    checkpoint = mnist_helpers.TrainingCheckpoint(tmp_path / "run.pt", model, optimizer, config={"EPOCHS": 3})
+    assert checkpoint.resume() == ([], 0)
+    assert capsys.readouterr().out == f"RESUME: no checkpoint at {tmp_path / 'run.pt'} yet, so training starts at epoch 1\n"
+    checkpoint.facts = {"DEVICE_NAME": "cpu"}
+    checkpoint.save(2, [{"epoch": 1}, {"epoch": 2}])
+    assert torch.load(tmp_path / "run.pt", weights_only=True)["config"] == {"EPOCHS": 3, "DEVICE_NAME": "cpu"}
+    again = mnist_helpers.TrainingCheckpoint(tmp_path / "run.pt", model, optimizer, config={"EPOCHS": 3})
+    assert again.resume() == ([{"epoch": 1}, {"epoch": 2}], 2)
+    assert capsys.readouterr().out == f"resumed from {tmp_path / 'run.pt'}: 2 of 3 epochs already done\n"
+
+
+def count_and_interrupt(calls: list, interrupt_at: int | None):
+    """An `after` hook for the train-loop cell: count train_one_epoch calls, and raise at call number interrupt_at."""
+    def install(namespace):
+        train_one_epoch = namespace["train_one_epoch"]
+
+        def wrapped(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == interrupt_at:
+                raise Interrupted
+            return train_one_epoch(*args, **kwargs)
+
+        namespace["train_one_epoch"] = wrapped
+    return install
+
+
+# Calls of train_one_epoch in this run: 1 the reference model; 2-4 and 5-7 the validated models (seeds 43, 44);
+# 8-10 and 11-13 the final fit of the same seeds.
+@pytest.mark.parametrize("interrupt_at, retrained", [(6, 2 + 6), (12, 2)])
+def test_an_interrupted_best_recipe_resumes_model_by_model_to_the_weights_of_an_uninterrupted_one(
+        tmp_path, interrupt_at, retrained):
+    X, y = learnable_digits(250)
+    write_train_csv(tmp_path / "train.csv", X, y)
+    write_test_csv(tmp_path / "test.csv", learnable_digits(40, seed=1)[0])
+    common = {"DATA_DIR": str(tmp_path), "EPOCHS": 1, "BATCH_SIZE": 25, "PROGRESS": False, "LOSS_LINES": False,
+              "RECIPE": "best", "BEST_EPOCHS": 3, "ENSEMBLE": 2}
+
+    whole = run_notebook_in_process({**common, "OUTPUT_DIR": str(tmp_path / "whole")}, until_tag="best-submission")
+    cut = {**common, "OUTPUT_DIR": str(tmp_path / "cut")}
+    with pytest.raises(Interrupted):
+        run_notebook_in_process(cut, until_tag="best-submission",
+                                after={"train-loop": count_and_interrupt([], interrupt_at)})
+    calls: list = []
+    resumed = run_notebook_in_process({**cut, "RESUME": True}, until_tag="best-submission",
+                                      after={"train-loop": count_and_interrupt(calls, None)})
+
+    assert len(calls) == retrained  # finished models were loaded; the cut one carried on from its last epoch
+    for final, expected in zip(resumed["members"], whole["members"], strict=True):  # the final fit's models
+        for name, weight in expected.state_dict().items():
+            assert torch.equal(final.state_dict()[name], weight), name
+    for name, history in whole["histories"].items():  # the validated models' curves, epoch by epoch
+        pd.testing.assert_frame_equal(resumed["histories"][name].drop(columns="seconds"),
+                                      history.drop(columns="seconds"))
+    assert (tmp_path / "cut" / "submission.csv").read_bytes() == (tmp_path / "whole" / "submission.csv").read_bytes()
+    np.testing.assert_array_equal(resumed["best_proba"], whole["best_proba"])

@@ -279,3 +279,17 @@ def test_the_command_line_reports_errors_in_one_line(tmp_path):
                            str(tmp_path / "labels.csv")], cwd=REPO_DIR, capture_output=True, text=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert done.returncode == 1 and done.stderr.strip().splitlines() == [f"error: {tmp_path / 'labels.csv'}: no such file."]
+
+
+def test_mnist_mirrors_can_be_replaced_through_the_environment(tmp_path, mirror, checksums, monkeypatch):
+    from mnist_helpers import mnist_mirrors
+
+    monkeypatch.delenv("MNIST_MIRRORS", raising=False)
+    assert mnist_mirrors() == MNIST_MIRRORS
+    monkeypatch.setenv("MNIST_MIRRORS", f"http://127.0.0.1:9, {mirror.url}/good")  # down, then the local mirror
+    assert mnist_mirrors() == ("http://127.0.0.1:9/", f"{mirror.url}/good/")
+    data_dir = download_data(tmp_path / "data", use_kaggle=False, files=checksums, show_progress=False)
+    assert mirror.requests == [f"/good/{name}" for name in checksums]
+    # Without train_rows, the competition's share: 60% of the images in train.csv (42,000 of MNIST's 70,000).
+    assert load_train_csv(data_dir / "train.csv")[0].shape == (60, 784)
+    assert load_test_csv(data_dir / "test.csv").shape == (40, 784)

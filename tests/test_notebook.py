@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
+import sys
 
 import nbformat
 import numpy as np
@@ -15,6 +17,9 @@ from conftest import (NOTEBOOK, REPO_DIR, SHARED_DATA_DIR, learnable_digits, mak
                       notebook_namespace, run_notebook_in_process, write_test_csv, write_train_csv)
 
 from mnist_helpers import choose_fast_path, load_test_csv, load_train_csv, predict
+
+sys.path.insert(0, str(REPO_DIR / "scripts"))
+import make_figures  # noqa: E402
 
 PARAMETERS = {"DATA_DIR": None, "EPOCHS": 15, "BATCH_SIZE": 100, "LR": 1e-3, "VALID_SIZE": 0.2, "SEED": 42,
               "TRAIN_ROWS": None, "TEST_ROWS": None, "OUTPUT_DIR": None, "FAST": True,
@@ -52,8 +57,8 @@ def test_committed_notebook_has_no_outputs_and_the_parameters_cell_first():
 def test_make_run_passes_the_parameters_that_are_set():
     dry_run = subprocess.run(["make", "-n", "run", "DATA_DIR=/some/where", "EPOCHS=2", "TRAIN_ROWS=500", "FAST=False"],
                              cwd=REPO_DIR, capture_output=True, text=True, check=True).stdout
-    assert "papermill digit_recognizer.ipynb \"output/digit_recognizer.ipynb\"" in dry_run
-    assert "-p OUTPUT_DIR 'output' -p DATA_DIR '/some/where' -p EPOCHS '2' -p TRAIN_ROWS '500' -p FAST 'False'" in dry_run
+    assert "scripts/run_notebook.py -p OUTPUT_DIR 'output' -p DATA_DIR '/some/where' -p EPOCHS '2' -p TRAIN_ROWS '500' " \
+           "-p FAST 'False'" in dry_run
     assert "-p SEED" not in dry_run
 
 
@@ -176,6 +181,11 @@ def test_smoke_run_of_the_best_recipe_writes_its_submission_and_shows_the_analys
     best_plots = [o for c in executed.cells if "plot_learning_curves({" in c.source for o in c.outputs
                   if "image/png" in o.get("data", {})]
     assert len(best_plots) == 3  # the ensemble's confusion matrix, worst errors and every learning curve
+    # `make figures` cuts the README's figures from such a notebook, and cleans it for docs/:
+    written = make_figures.write_docs(tmp_path / "executed.ipynb", tmp_path / "docs")
+    assert [path.name for path in written] == [make_figures.EXECUTED_NAME, *(n for _, _, n in make_figures.FIGURES)]
+    assert (tmp_path / "docs" / "ensemble-learning-curves.png").read_bytes() == base64.b64decode(
+        best_plots[2]["data"]["image/png"])
 
 
 def test_an_unknown_recipe_stops_with_one_line(tmp_path):

@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""`make run`: fetch the data if there is none, then execute digit_recognizer.ipynb headless with papermill.
+
+    python scripts/run_notebook.py [-p NAME VALUE ...]    # e.g. -p EPOCHS 2 -p RECIPE best; paths: from the repo root
+
+What the notebook prints reaches the terminal as it happens: with PROGRESS="lines" (the default here, so that the
+saved notebook holds text, not frozen progress widgets) one line per epoch with the loss, the validation accuracy,
+the seconds and the time left. The reference's per-batch lines ("loss: ... [  100/33600]") stay in the executed
+notebook only. Any failure ends with one line: what went wrong and where to look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import re
+import sys
+from pathlib import Path
+from typing import TextIO
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_DIR))
+
+from mnist_helpers import DOWNLOAD_COMMAND, download_data, find_data_dir, kaggle_credentials_found  # noqa: E402
+
+NOTEBOOK = PROJECT_DIR / "digit_recognizer.ipynb"
+# The reference's own lines: shown in the notebook, left out of the terminal, where one line per epoch says enough.
+REFERENCE_LINES = re.compile(r"Epoch \d+|-{31}|loss: .*\[ *\d+/ *\d+\]|acc: .*%, average_loss: .*")
+
+
+def parse_value(text: str) -> object:
+    """A parameter's value as papermill's command line reads it: True, None, 3, 1e-3 or 'best' as Python; else text."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a path, or a bare word such as best
+    return value if isinstance(value, (bool, int, float, str, type(None))) else text
+
+
+class TerminalLines:
+    """A file-like sink for the notebook's printed output: whole lines to the terminal, less the reference's."""
+
+    def __init__(self, stream: TextIO):
+        self.stream, self.pending = stream, ""
+
+    def write(self, text: str) -> None:
+        """Buffer text; pass on each finished line that is not one of the reference's per-batch lines."""
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if not REFERENCE_LINES.fullmatch(line):
+                self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def flush(self) -> None:
+        """Lines are flushed as they are written."""
+
+
+def ensure_data(data_dir: object) -> None:
+    """Check the data is there; with no DATA_DIR and none found, fetch it into data/ as `make data` does."""
+    if data_dir is not None:
+        find_data_dir(str(data_dir))  # the user's own folder: a one-line FileNotFoundError if it lacks the CSVs
+        return
+    try:
+        print(f"data: {find_data_dir()}", flush=True)
+        return
+    except FileNotFoundError:
+        print("No train.csv and test.csv found, so fetching them into data/ first, as `make data` does.", flush=True)
+    with_kaggle = kaggle_credentials_found()
+    try:
+        download_data(PROJECT_DIR / "data")
+    except (RuntimeError, ValueError, OSError) as error:
+        tried = "Kaggle, with the credentials found" if with_kaggle else \
+            "Kaggle: no credentials (~/.kaggle/kaggle.json or KAGGLE_USERNAME and KAGGLE_KEY), so MNIST's mirrors"
+        raise RuntimeError(f"no data, and fetching it failed. Tried {tried}: {error} Fetch it by hand "
+                           f"(`make data` once online, or `{DOWNLOAD_COMMAND}`), or point DATA_DIR at the "
+                           "folder that holds train.csv and test.csv.") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the notebook; 0 on success, 1 with a one-line error, 130 when interrupted."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="a notebook parameter, as for papermill (default: the notebook's own; OUTPUT_DIR output, "
+                             "PROGRESS lines)")
+    args = parser.parse_args(argv)
+    os.chdir(PROJECT_DIR)  # relative paths mean the same here and in the notebook's kernel, which runs here
+    parameters = {"OUTPUT_DIR": "output", "PROGRESS": "lines"}
+    parameters.update((name, parse_value(value)) for name, value in args.parameter)
+    output_dir = Path(str(parameters["OUTPUT_DIR"]))
+    executed = output_dir / NOTEBOOK.name
+    try:
+        ensure_data(parameters.get("DATA_DIR"))
+    except (FileNotFoundError, RuntimeError) as error:  # no data, and none fetched: the notebook is not started
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    import papermill  # here, so that a missing-data error comes without Jupyter's start-up time
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(str(NOTEBOOK), str(executed), parameters=parameters, cwd=str(PROJECT_DIR),
+                                   kernel_name="python3", progress_bar=False, stdout_file=TerminalLines(sys.stdout),
+                                   stderr_file=sys.stderr,
+                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])  # not the kernel's start-up notes
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {output_dir} keeps a checkpoint of every finished epoch; "
+              "`make run RESUME=True` (with the same parameters) carries on.", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 (the notebook's own error, or its kernel died: one line either way)
+        name, message = getattr(error, "ename", type(error).__name__), getattr(error, "evalue", str(error))
+        cell = f", cell [{error.exec_count}]" if getattr(error, "exec_count", None) else ""
+        first_line = message.strip().splitlines()[0] if message.strip() else "no message"
+        print(f"error: {name}: {first_line} (the executed notebook {executed} shows where{cell})", file=sys.stderr)
+        return 1
+    print(f"wrote {output_dir / 'submission.csv'} and {executed}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

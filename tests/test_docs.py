@@ -1,0 +1,89 @@
+"""docs/: the executed copy of the notebook, kept in step with the source, and the README's figures cut from it."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+from conftest import NOTEBOOK, REPO_DIR
+
+sys.path.insert(0, str(REPO_DIR / "scripts"))
+import make_figures  # noqa: E402
+
+DOCS = REPO_DIR / "docs"
+EXECUTED = DOCS / make_figures.EXECUTED_NAME
+README = (REPO_DIR / "README.md").read_text(encoding="utf-8")
+
+
+def code_cells(notebook: dict) -> list[tuple[str, list[str]]]:
+    """(source, tags) of each code cell, less the parameters cell that papermill injects."""
+    return [("".join(cell["source"]), cell["metadata"].get("tags", [])) for cell in notebook["cells"]
+            if cell["cell_type"] == "code" and "injected-parameters" not in cell["metadata"].get("tags", [])]
+
+
+def executed() -> dict:
+    return json.loads(EXECUTED.read_text(encoding="utf-8"))
+
+
+def test_the_executed_copy_runs_the_notebooks_own_code():
+    # Change a code cell of digit_recognizer.ipynb and this fails until `make figures` runs it again.
+    assert code_cells(executed()) == code_cells(json.loads(NOTEBOOK.read_text(encoding="utf-8")))
+
+
+def test_the_executed_copy_is_a_complete_full_run_of_the_best_recipe():
+    notebook = executed()
+    record = notebook["metadata"]["papermill"]
+    assert record["exception"] is False or record["exception"] is None
+    assert record["parameters"]["RECIPE"] == "best"
+    smoke = {"EPOCHS", "TRAIN_ROWS", "TEST_ROWS", "BEST_EPOCHS", "ENSEMBLE", "DATA_DIR"} & set(record["parameters"])
+    assert not smoke, f"a full run takes the notebook's defaults, not {smoke}"
+    cells = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    assert all(cell["execution_count"] is not None for cell in cells)
+    assert not [out for cell in cells for out in cell["outputs"] if out["output_type"] == "error"]
+    printed = "".join("".join(out.get("text", "")) for cell in cells for out in cell["outputs"])
+    assert "train.csv shape: (42000, 785)" in printed and "test.csv shape:  (28000, 784)" in printed
+    assert re.search(r"wrote \S*submission\.csv from the ensemble refitted on all rows", printed)
+
+
+def test_the_executed_copy_is_small_and_reads_well_on_github():
+    notebook = executed()
+    assert EXECUTED.stat().st_size < 1_500_000
+    assert "widgets" not in notebook["metadata"]
+    outputs = [out for cell in notebook["cells"] if cell["cell_type"] == "code" for out in cell["outputs"]]
+    assert not [out for out in outputs if make_figures.WIDGET_VIEW in out.get("data", {})]
+    printed = "".join("".join(out.get("text", "")) for out in outputs)
+    assert "0%|" not in printed and "it/s]" not in printed  # no frozen progress bars
+    assert "/work/" not in json.dumps(notebook["metadata"])  # no machine's paths in papermill's record
+
+
+def test_the_readme_figures_are_the_executed_notebooks_own_images():
+    notebook = executed()
+    for tag, index, name in make_figures.FIGURES:
+        assert (DOCS / name).read_bytes() == make_figures.cell_images(notebook, tag)[index], name
+        assert f"(docs/{name})" in README, f"README does not show docs/{name}"
+        assert (DOCS / name).stat().st_size < 150_000, name
+
+
+def test_the_readme_and_the_notebook_link_the_executed_copy():
+    assert "(docs/digit_recognizer.executed.ipynb)" in README
+    intro = "".join(json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"][0]["source"])
+    assert "(docs/digit_recognizer.executed.ipynb)" in intro
+
+
+def test_cleaning_drops_widgets_timings_and_paths_and_keeps_the_rest():
+    widget = {"output_type": "display_data", "metadata": {},
+              "data": {"text/plain": "epochs:   0%|          | 0/15 [00:00<?, ?it/s]", make_figures.WIDGET_VIEW: {}}}
+    printed = {"output_type": "stream", "name": "stdout", "text": ["device: cpu\n"]}
+    notebook = {"metadata": {"widgets": {"state": {}}, "papermill": {
+                    "input_path": "/home/me/digit_recognizer.ipynb", "output_path": "/home/me/output/x.ipynb",
+                    "environment_variables": {"HOME": "/home/me"}, "parameters": {"RECIPE": "best"}}},
+                "cells": [{"cell_type": "code", "metadata": {"tags": ["train"], "papermill": {"duration": 1.0},
+                                                             "execution": {"iopub.status.busy": "x"}},
+                           "outputs": [widget, printed], "source": "", "execution_count": 1},
+                          {"cell_type": "markdown", "metadata": {}, "source": "# Title"}]}
+    cleaned = make_figures.clean_executed(notebook)
+    assert cleaned["metadata"] == {"papermill": {"input_path": "digit_recognizer.ipynb", "output_path": "x.ipynb",
+                                                 "parameters": {"RECIPE": "best"}}}
+    assert cleaned["cells"][0]["metadata"] == {"tags": ["train"]} and cleaned["cells"][0]["outputs"] == [printed]
+    assert cleaned["cells"][1] == {"cell_type": "markdown", "metadata": {}, "source": "# Title"}

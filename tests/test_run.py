@@ -1,0 +1,202 @@
+"""`make run` as a new user meets it: a bare clone fetches its data, the run shows one line per epoch as it goes,
+and every failure ends in one line. The MNIST mirror is a local HTTP server (test_download's), never the internet."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO_DIR, learnable_digits, make_digits, write_train_csv
+from test_download import Mirror, idx_bytes
+
+sys.path.insert(0, str(REPO_DIR / "scripts"))
+import run_notebook  # noqa: E402
+
+VENV = Path(sys.prefix)  # the environment running these tests: .venv, or .venv-min under `make test-min`
+EPOCH_LINE = re.compile(r"reference model, epoch (\d)/3: train loss \d\.\d{4}, valid acc \d+\.\d\d%, "
+                        r"\d+\.\d s, about \d+ s left")
+
+
+def make(clone: Path, *arguments: str, env: dict, **kwargs) -> subprocess.Popen:
+    """Start `make ARGUMENTS` in clone with this test's environment, its output (stdout and stderr) as one stream."""
+    command = ["make", "--no-print-directory", f"VENV={VENV}", "-o", f"{VENV}/.requirements-installed", *arguments]
+    return subprocess.Popen(command, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kwargs)
+
+
+def clean_environment(tmp_path: Path, **extra: str) -> dict:
+    """The environment of a user with no data anywhere, no Kaggle credentials and no Kaggle tree."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATA_DIR", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_KERNEL_RUN_TYPE")}
+    (tmp_path / "no-kaggle-config").mkdir(exist_ok=True)
+    return {**env, "KAGGLE_CONFIG_DIR": str(tmp_path / "no-kaggle-config"), "KAGGLE_ROOT": str(tmp_path / "no-kaggle"),
+            "PYTHONWARNINGS": "ignore", **extra}
+
+
+@pytest.fixture
+def fresh_clone(tmp_path) -> Path:
+    """The project's files as git would check them out (this working tree's versions), with an empty data/."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO_DIR,
+                            capture_output=True, text=True, check=True).stdout.split()
+    clone = tmp_path / "clone"
+    for name in listed:
+        if (REPO_DIR / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_DIR / name, clone / name)
+    assert sorted(p.name for p in (clone / "data").iterdir()) == ["README.md"]
+    return clone
+
+
+@pytest.fixture
+def learnable_mirror(tmp_path):
+    """A local mirror of stand-in MNIST files (4,000 learnable digits), and a sitecustomize that trusts their MD5s."""
+    X, y = learnable_digits(4000, seed=3)
+    files = {}
+    for part, rows in (("train", slice(0, 3000)), ("t10k", slice(3000, 4000))):
+        files[f"{part}-images-idx3-ubyte.gz"] = idx_bytes(X[rows].reshape(-1, 28, 28))
+        files[f"{part}-labels-idx1-ubyte.gz"] = idx_bytes(y[rows])
+    site = tmp_path / "site"
+    site.mkdir()
+    # The published MD5s are those of the real MNIST files; the stand-ins' replace them in the runner only.
+    (site / "sitecustomize.py").write_text(
+        "import json, os, sys\n"
+        "if os.environ.get('TEST_MNIST_MD5S'):\n"
+        "    sys.path.insert(0, os.environ['TEST_CLONE_DIR'])\n"
+        "    import mnist_helpers\n"
+        "    mnist_helpers.MNIST_FILES.update(json.loads(os.environ.pop('TEST_MNIST_MD5S')))\n")
+    server = Mirror(files)
+    yield server, {"PYTHONPATH": str(site), "MNIST_MIRRORS": server.url + "/good/",
+                   "TEST_MNIST_MD5S": json.dumps({n: hashlib.md5(d).hexdigest() for n, d in files.items()})}
+    server.close()
+
+
+def test_make_run_on_a_bare_clone_fetches_the_data_and_shows_each_epoch_as_it_happens(tmp_path, fresh_clone,
+                                                                                     learnable_mirror):
+    mirror, mirror_env = learnable_mirror
+    env = clean_environment(tmp_path, TEST_CLONE_DIR=str(fresh_clone), **mirror_env)
+    run = make(fresh_clone, "run", "EPOCHS=3", "BATCH_SIZE=20", env=env)
+    lines, history_existed_at_epoch_1 = [], None
+    for line in run.stdout:  # read as the run prints, not after it ends
+        lines.append(line.rstrip("\n"))
+        if EPOCH_LINE.fullmatch(lines[-1]) and lines[-1].startswith("reference model, epoch 1/3"):
+            history_existed_at_epoch_1 = (fresh_clone / "output" / "history.csv").exists()
+    assert run.wait(timeout=300) == 0, "\n".join(lines)
+    text = "\n".join(lines)
+
+    assert "No train.csv and test.csv found, so fetching them into data/ first" in text
+    assert "built from MNIST's own files" in text and "This is MNIST in Kaggle's layout" in text
+    assert len(mirror.requests) == 4  # all four files, from the local mirror
+    assert [int(EPOCH_LINE.fullmatch(line).group(1)) for line in lines if EPOCH_LINE.fullmatch(line)] == [1, 2, 3]
+    assert history_existed_at_epoch_1 is False  # epoch 1's line came while the run was still training
+    assert not any(line.startswith(("loss: ", "acc: ", "Epoch ")) for line in lines)  # the notebook keeps those
+    assert "Executing" not in text and "Traceback" not in text
+    assert lines[-1] == "wrote output/submission.csv and output/digit_recognizer.ipynb"
+
+    submission = pd.read_csv(fresh_clone / "output" / "submission.csv")
+    assert len(submission) == 1600 and submission["ImageId"].tolist() == list(range(1, 1601))  # 40% of 4,000
+    assert re.search(r"submission\.csv: accuracy (0\.9\d+|1\.0+) \(\d+ of 1600 correct\)", text), text  # and it learned
+    executed = json.loads((fresh_clone / "output" / "digit_recognizer.ipynb").read_text())
+    outputs = [out for cell in executed["cells"] if cell["cell_type"] == "code" for out in cell["outputs"]]
+    assert not any("application/vnd.jupyter.widget-view+json" in out.get("data", {}) for out in outputs)
+    printed = "".join("".join(out.get("text", "")) for out in outputs)
+    assert "0%|" not in printed and "loss: " in printed and "reference model, epoch 3/3" in printed
+
+
+def last_line_before_make(lines: list[str]) -> str:
+    """The last line the run printed; make's own "make: *** [...] Error 1" always follows a failed recipe."""
+    assert re.fullmatch(r"make: \*\*\* \[Makefile:\d+: run\] Error 1", lines[-1]), lines
+    return lines[-2]
+
+
+def test_make_run_with_no_data_and_no_network_fails_in_one_line(tmp_path, fresh_clone):
+    env = clean_environment(tmp_path, MNIST_MIRRORS="http://127.0.0.1:9/")  # nothing listens: connection refused
+    run = make(fresh_clone, "run", env=env)
+    output, _ = run.communicate(timeout=120)
+    lines = output.strip().splitlines()
+    assert run.returncode == 2, output
+    line = last_line_before_make(lines)
+    assert line.startswith("error: no data, and fetching it failed. Tried Kaggle: no credentials"), line
+    assert "MNIST's mirrors: could not download train-images-idx3-ubyte.gz from any mirror (http://127.0.0.1:9/" in line
+    assert "`make data` once online, or `kaggle competitions download -c digit-recognizer -p data" in line
+    assert "Traceback" not in output and "papermill" not in output.lower()
+    assert not (fresh_clone / "output" / "digit_recognizer.ipynb").exists()  # the notebook never started
+    assert not [p for p in (fresh_clone / "data").rglob("*") if p.is_file() and p.name != "README.md"]
+
+
+def test_a_failing_notebook_ends_make_run_with_its_error_and_the_executed_notebook(tmp_path):
+    X, y = make_digits(100)
+    write_train_csv(tmp_path / "train.csv", X, y)
+    (tmp_path / "test.csv").write_text(",".join(f"pixel{i}" for i in range(784)) + "\n" + "1," * 783 + "oops\n")
+    output_dir = tmp_path / "output"
+    run = make(REPO_DIR, "run", f"DATA_DIR={tmp_path}", "EPOCHS=1", f"OUTPUT_DIR={output_dir}",
+               env=clean_environment(tmp_path))
+    output, _ = run.communicate(timeout=180)
+    line = last_line_before_make(output.strip().splitlines())
+    executed = json.loads((output_dir / "digit_recognizer.ipynb").read_text())
+    failed = [cell for cell in executed["cells"] if cell["cell_type"] == "code"
+              for out in cell["outputs"] if out["output_type"] == "error"]
+    assert len(failed) == 1 and "load_test_csv" in "".join(failed[0]["source"])
+    assert line == (f"error: ValueError: {tmp_path / 'test.csv'}: row 1 (line 2), column 'pixel783': 'oops' is not a "
+                    "number; pixels must be integers 0-255, so fix that cell or re-download the file. (the executed "
+                    f"notebook {output_dir / 'digit_recognizer.ipynb'} shows where, cell [{failed[0]['execution_count']}])")
+    assert "Traceback" not in output
+
+
+def test_an_explicit_data_dir_without_the_csvs_is_not_fetched_into(tmp_path, capsys):
+    status = run_notebook.main(["-p", "DATA_DIR", str(tmp_path / "nowhere"), "-p", "OUTPUT_DIR", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(error) == 1 and error[0].startswith("error: train.csv and test.csv not found; searched: ")
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "out").exists()
+
+
+def test_the_terminal_gets_whole_lines_without_the_reference_per_batch_lines():
+    class Sink:
+        text = ""
+
+        def write(self, text):
+            self.text += text
+
+        def flush(self):
+            pass
+
+    sink = Sink()
+    terminal = run_notebook.TerminalLines(sink)
+    for chunk in ["device: cpu\nEpoch 1\n-------------------------------\nloss: 2.310378 [  ", "100/33600]\n",
+                  "acc: 96.49%, average_loss: 0.135642\nreference model, epoch 1/15: train loss 0.3",
+                  "1, valid acc 96.49%, 12.0 s, about 2 min 48 s left\nloss: is a word\n-----\nhalf a li"]:
+        terminal.write(chunk)
+    assert sink.text == ("device: cpu\nreference model, epoch 1/15: train loss 0.31, valid acc 96.49%, 12.0 s, "
+                         "about 2 min 48 s left\nloss: is a word\n-----\n")  # the unfinished line waits for its end
+
+
+@pytest.mark.parametrize("text, value", [("True", True), ("False", False), ("None", None), ("15", 15), ("1e-3", 1e-3),
+                                         ("'best'", "best"), ("best", "best"), ("../shared/digit-recognizer",
+                                                                                "../shared/digit-recognizer"),
+                                         ("lines", "lines"), ("[1, 2]", "[1, 2]")])
+def test_parameter_values_are_read_as_papermill_reads_them(text, value):
+    assert run_notebook.parse_value(text) == value and type(run_notebook.parse_value(text)) is type(value)
+
+
+def test_make_kernel_registers_the_venv_under_a_clear_name(tmp_path):
+    run = make(REPO_DIR, "kernel", env={**os.environ, "JUPYTER_DATA_DIR": str(tmp_path)})
+    output, _ = run.communicate(timeout=120)
+    assert run.returncode == 0, output
+    spec = json.loads((tmp_path / "kernels" / "digit-recognizer" / "kernel.json").read_text())
+    assert spec["display_name"] == "digit-recognizer (.venv)"
+    assert Path(spec["argv"][0]).parent == VENV / "bin" and spec["argv"][-4:] == ["-m", "ipykernel_launcher", "-f",
+                                                                                  "{connection_file}"]
+
+
+def test_make_lab_opens_the_notebook_after_registering_the_kernel():
+    dry_run = subprocess.run(["make", "-n", "lab"], cwd=REPO_DIR, capture_output=True, text=True, check=True).stdout
+    lines = dry_run.strip().splitlines()
+    assert "ipykernel install --user --name digit-recognizer" in lines[-2]
+    assert lines[-1] == ".venv/bin/jupyter lab digit_recognizer.ipynb"
