@@ -147,7 +147,8 @@ MNIST_MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
     "https://yann.lecun.com/exdb/mnist/",
 )
-KAGGLE_TRAIN_ROWS = 42_000  # the competition's cut of MNIST's 70,000 images: 42,000 train, 28,000 test
+MNIST_IMAGES = 70_000       # MNIST's 60,000 training and 10,000 test images together
+KAGGLE_TRAIN_ROWS = 42_000  # the competition's cut of them: 42,000 in train.csv, 28,000 in test.csv
 DATA_FILES = ("train.csv", "test.csv", "sample_submission.csv")
 
 
@@ -239,7 +240,7 @@ def fetch_mnist_file(name: str, md5: str, folder: str | os.PathLike, mirrors: Se
     if path.is_file() and _md5(path) == md5:
         return path
     failures = []
-    for mirror in mirrors or mnist_mirrors():
+    for mirror in mnist_mirrors() if mirrors is None else mirrors:
         try:
             return download_file(mirror.rstrip("/") + "/" + name, path, md5, show_progress)
         except (OSError, http.client.HTTPException, ValueError) as error:  # refused, 404, timeout, cut off, bad checksum
@@ -268,7 +269,7 @@ def mnist_to_kaggle_layout(raw_dir: str | os.PathLike, data_dir: str | os.PathLi
     raw_dir, data_dir = Path(raw_dir), Path(data_dir)
     images = np.concatenate([read_idx(raw_dir / f"{part}-images-idx3-ubyte.gz") for part in ("train", "t10k")])
     labels = np.concatenate([read_idx(raw_dir / f"{part}-labels-idx1-ubyte.gz") for part in ("train", "t10k")])
-    train_rows = round(len(labels) * KAGGLE_TRAIN_ROWS / 70_000) if train_rows is None else train_rows
+    train_rows = round(len(labels) * KAGGLE_TRAIN_ROWS / MNIST_IMAGES) if train_rows is None else train_rows
     if len(images) != len(labels) or not 0 < train_rows < len(labels):
         raise ValueError(f"{raw_dir}: {len(images)} images and {len(labels)} labels cannot make {train_rows} train rows.")
     order = np.random.default_rng(seed).permutation(len(labels))
@@ -307,9 +308,9 @@ def download_data(data_dir: str | os.PathLike = PROJECT_DIR / "data", use_kaggle
         fetch_mnist_file(name, md5, raw_dir, mirrors, show_progress)
     mnist_to_kaggle_layout(raw_dir, data_dir, train_rows)
     with open(data_dir / "train.csv") as train, open(data_dir / "test_labels.csv") as labels:
-        train_rows, test_rows = (sum(1 for _ in file) - 1 for file in (train, labels))  # less the headers
+        rows = [sum(1 for _ in file) - 1 for file in (train, labels)]  # less the headers
     print(f"{data_dir}: built from MNIST's own files (no Kaggle credentials used). This is MNIST in Kaggle's layout "
-          f"(train.csv {train_rows:,} rows, test.csv {test_rows:,} rows), not "
+          f"(train.csv {rows[0]:,} rows, test.csv {rows[1]:,} rows), not "
           "Kaggle's own row order; test_labels.csv scores a submission locally: "
           "python mnist_helpers.py score output/submission.csv data/test_labels.csv")
     return data_dir
@@ -580,8 +581,8 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def progress(iterable: Iterable | None = None, desc: str = "", enabled: bool | str = True, **kwargs) -> tqdm:
-    """A tqdm progress bar (a widget in Jupyter, text in a terminal) when enabled is True; else it shows nothing."""
-    return tqdm(iterable, desc=desc, disable=enabled is not True, dynamic_ncols=True, **kwargs)
+    """A tqdm progress bar (a widget in Jupyter, text in a terminal); enabled=False or "lines" shows nothing."""
+    return tqdm(iterable, desc=desc, disable=not enabled or enabled == "lines", dynamic_ncols=True, **kwargs)
 
 
 def format_duration(seconds: float) -> str:
@@ -598,11 +599,13 @@ class EpochProgress:
     """Epochs first..last, shown as they finish: a tqdm bar (mode True), one printed line each ("lines") or nothing.
 
     report(row) after each epoch takes its history row (train_loss, valid_acc, seconds). The time left is the mean
-    epoch time of this run so far, times the epochs still to come here and `later` epochs after this loop.
+    epoch time of this loop so far, times the epochs still to come here and the `later` epochs after this loop
+    (which it assumes take as long).
     """
 
     def __init__(self, first: int, last: int, desc: str = "training", mode: bool | str = True, later: int = 0,
                  leave: bool = True):
+        """Epochs first..last (first > 1 when resuming), shown as `desc`; mode is the notebook's PROGRESS."""
         if not (isinstance(mode, bool) or mode == "lines"):  # not 1 or 0: papermill keeps types, so say True
             raise ValueError(f"PROGRESS must be True, False or 'lines', got {mode!r}.")
         self.last, self.desc, self.mode, self.later = last, desc, mode, later
@@ -771,8 +774,15 @@ def _restore_rng_states(states: dict, generators: Generators) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
-    for generator, state in zip(_as_list(generators), states["generators"]):
+    for generator, state in zip(_as_list(generators), _saved_generators(states)):
         generator.set_state(state)
+
+
+def _saved_generators(states: dict) -> list[torch.Tensor]:
+    """The generator states in a checkpoint's "rng" entry; checkpoints from before several generators had one."""
+    if "generators" in states:
+        return states["generators"]
+    return [] if states.get("loader") is None else [states["loader"]]
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
@@ -806,6 +816,10 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
             raise ValueError(f"{path}: was written with {name}={recorded.get(name)!r}{made_on} but this run has "
                              f"{name}={value!r}; resume with the same parameters and the same kind of device, "
                              "or RESUME=False to start over.")
+    n_saved, n_given = len(_saved_generators(state["rng"])), len(_as_list(generator))
+    if generator is not None and n_saved != n_given:  # restoring fewer or other generators would not repeat the run
+        raise ValueError(f"{path}: holds {n_saved} random generator state(s) but this run restores {n_given}; it was "
+                         "written by another version of the training code, so run with RESUME=False to start over.")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     for target, saved in ((scaler, state["scaler"]), (scheduler, state["scheduler"])):
@@ -826,6 +840,7 @@ class TrainingCheckpoint:
     def __init__(self, path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scaler=None, scheduler=None, generators: Generators = None, config: dict | None = None,
                  facts: dict | None = None):
+        """What to save and restore, where; config must match to resume, facts are recorded (e.g. the device)."""
         self.path, self.model, self.optimizer = Path(path), model, optimizer
         self.scaler, self.scheduler, self.generators = scaler, scheduler, generators
         self.config, self.facts = dict(config or {}), dict(facts or {})

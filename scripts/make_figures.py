@@ -5,8 +5,8 @@
     python scripts/make_figures.py --from output/digit_recognizer.ipynb   # or takes a notebook already executed
 
 The figures are the notebook's own PNG outputs, cut from the executed copy byte for byte, so they always show what
-that run drew. The copy is cleaned for GitHub: no widget state, no per-cell timing metadata, no absolute paths in
-papermill's record of the run.
+that run drew. The copy is cleaned for GitHub: no widget state, no per-cell timing metadata, and paths inside the
+repository shown relative to it (in papermill's record of the run and in what the cells printed).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ FIGURES = [  # (the cell's tag, which of its images, the file under docs/): what
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
-def clean_executed(notebook: dict) -> dict:
-    """The executed notebook without widget state or outputs, per-cell timings, or this machine's paths."""
+def clean_executed(notebook: dict, root: Path = PROJECT_DIR) -> dict:
+    """The executed notebook without widget state or outputs, per-cell timings, or this machine's path to root."""
     notebook["metadata"].pop("widgets", None)
     record = notebook["metadata"].get("papermill", {})
     record.pop("environment_variables", None)
@@ -49,6 +49,9 @@ def clean_executed(notebook: dict) -> dict:
             cell["metadata"].pop(key, None)
         if cell["cell_type"] == "code":  # a progress widget saved headless shows as a frozen "0%" bar on GitHub
             cell["outputs"] = [out for out in cell["outputs"] if WIDGET_VIEW not in out.get("data", {})]
+            for out in cell["outputs"]:
+                if out["output_type"] == "stream":  # "outputs go to /home/me/digit-recognizer/output": output
+                    out["text"] = "".join(out["text"]).replace(f"{root}/", "").replace(str(root), ".")
     return notebook
 
 
@@ -86,22 +89,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="executed", type=Path,
                         help='an executed RECIPE="best" notebook to use (default: run one into output/figures/)')
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="a notebook parameter for the run (default: RECIPE best, everything else the notebook's)")
+                        help=f"a notebook parameter for the run (default: RECIPE best, OUTPUT_DIR {RUN_DIR}, the rest "
+                             "the notebook's)")
+    parser.add_argument("--docs-dir", type=Path, default=DOCS_DIR, help="where to write (default: docs/)")
     args = parser.parse_args(argv)
     executed = args.executed
+    if executed is not None and args.parameter:
+        parser.error("--from takes a notebook already executed, so -p has nothing to set; give one or the other")
     if executed is None:
-        parameters = [["RECIPE", "best"], ["OUTPUT_DIR", RUN_DIR], *args.parameter]
-        status = run_notebook.main([part for pair in parameters for part in ("-p", *pair)])
+        parameters = dict([("RECIPE", "best"), ("OUTPUT_DIR", RUN_DIR), *map(tuple, args.parameter)])
+        status = run_notebook.main([part for pair in parameters.items() for part in ("-p", *pair)])
         if status:
             return status
-        executed = PROJECT_DIR / RUN_DIR / run_notebook.NOTEBOOK.name
+        executed = PROJECT_DIR / parameters["OUTPUT_DIR"] / run_notebook.NOTEBOOK.name
     try:
-        written = write_docs(executed)
+        written = write_docs(executed, args.docs_dir)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     for path in written:
-        print(f"wrote {path.relative_to(PROJECT_DIR)} ({path.stat().st_size / 1024:.0f} KB)")
+        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
     return 0
 
 

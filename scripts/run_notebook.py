@@ -22,7 +22,7 @@ from typing import TextIO
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR))
 
-from mnist_helpers import DOWNLOAD_COMMAND, download_data, find_data_dir, kaggle_credentials_found  # noqa: E402
+from mnist_helpers import download_data, find_data_dir, kaggle_credentials_found, output_dir_for  # noqa: E402
 
 NOTEBOOK = PROJECT_DIR / "digit_recognizer.ipynb"
 # The reference's own lines: shown in the notebook, left out of the terminal, where one line per epoch says enough.
@@ -42,6 +42,7 @@ class TerminalLines:
     """A file-like sink for the notebook's printed output: whole lines to the terminal, less the reference's."""
 
     def __init__(self, stream: TextIO):
+        """Write to stream (the terminal)."""
         self.stream, self.pending = stream, ""
 
     def write(self, text: str) -> None:
@@ -55,6 +56,11 @@ class TerminalLines:
     def flush(self) -> None:
         """Lines are flushed as they are written."""
 
+    def close(self) -> None:
+        """Pass on a last line that never got its newline."""
+        if self.pending:
+            self.write("\n")
+
 
 def ensure_data(data_dir: object) -> None:
     """Check the data is there; with no DATA_DIR and none found, fetch it into data/ as `make data` does."""
@@ -62,7 +68,7 @@ def ensure_data(data_dir: object) -> None:
         find_data_dir(str(data_dir))  # the user's own folder: a one-line FileNotFoundError if it lacks the CSVs
         return
     try:
-        print(f"data: {find_data_dir()}", flush=True)
+        find_data_dir()
         return
     except FileNotFoundError:
         print("No train.csv and test.csv found, so fetching them into data/ first, as `make data` does.", flush=True)
@@ -72,9 +78,9 @@ def ensure_data(data_dir: object) -> None:
     except (RuntimeError, ValueError, OSError) as error:
         tried = "Kaggle, with the credentials found" if with_kaggle else \
             "Kaggle: no credentials (~/.kaggle/kaggle.json or KAGGLE_USERNAME and KAGGLE_KEY), so MNIST's mirrors"
-        raise RuntimeError(f"no data, and fetching it failed. Tried {tried}: {error} Fetch it by hand "
-                           f"(`make data` once online, or `{DOWNLOAD_COMMAND}`), or point DATA_DIR at the "
-                           "folder that holds train.csv and test.csv.") from None
+        raise RuntimeError(f"no data, and fetching it failed. Tried {tried}: {error} Once that is fixed, "
+                           "`make data` or `make run` fetches it; or point DATA_DIR at a folder with train.csv "
+                           "and test.csv.") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(PROJECT_DIR)  # relative paths mean the same here and in the notebook's kernel, which runs here
     parameters = {"OUTPUT_DIR": "output", "PROGRESS": "lines"}
     parameters.update((name, parse_value(value)) for name, value in args.parameter)
-    output_dir = Path(str(parameters["OUTPUT_DIR"]))
+    output_dir = output_dir_for(parameters["OUTPUT_DIR"])  # None: /kaggle/working on Kaggle, else output, as there
     executed = output_dir / NOTEBOOK.name
     try:
         ensure_data(parameters.get("DATA_DIR"))
@@ -97,21 +103,25 @@ def main(argv: list[str] | None = None) -> int:
     import papermill  # here, so that a missing-data error comes without Jupyter's start-up time
 
     output_dir.mkdir(parents=True, exist_ok=True)
+    terminal = TerminalLines(sys.stdout)
     try:
         papermill.execute_notebook(str(NOTEBOOK), str(executed), parameters=parameters, cwd=str(PROJECT_DIR),
-                                   kernel_name="python3", progress_bar=False, stdout_file=TerminalLines(sys.stdout),
+                                   kernel_name="python3", progress_bar=False, stdout_file=terminal,
                                    stderr_file=sys.stderr,
                                    extra_arguments=["--IPKernelApp.log_level=ERROR"])  # not the kernel's start-up notes
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {output_dir} keeps a checkpoint of every finished epoch; "
-              "`make run RESUME=True` (with the same parameters) carries on.", file=sys.stderr)
+        terminal.close()
+        print(f"\ninterrupted: {output_dir} keeps a checkpoint of every finished epoch; the same command with "
+              "RESUME=True carries on from them.", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 (the notebook's own error, or its kernel died: one line either way)
+        terminal.close()
         name, message = getattr(error, "ename", type(error).__name__), getattr(error, "evalue", str(error))
         cell = f", cell [{error.exec_count}]" if getattr(error, "exec_count", None) else ""
         first_line = message.strip().splitlines()[0] if message.strip() else "no message"
         print(f"error: {name}: {first_line} (the executed notebook {executed} shows where{cell})", file=sys.stderr)
         return 1
+    terminal.close()
     print(f"wrote {output_dir / 'submission.csv'} and {executed}")
     return 0
 

@@ -277,3 +277,28 @@ def test_an_interrupted_best_recipe_resumes_model_by_model_to_the_weights_of_an_
                                       history.drop(columns="seconds"))
     assert (tmp_path / "cut" / "submission.csv").read_bytes() == (tmp_path / "whole" / "submission.csv").read_bytes()
     np.testing.assert_array_equal(resumed["best_proba"], whole["best_proba"])
+
+
+def test_a_checkpoint_from_before_several_generators_still_resumes(tmp_path):
+    model, optimizer, _ = small_training_objects()
+    generator = torch.Generator().manual_seed(3)
+    path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 1, [], generator)
+    expected = torch.rand(2, generator=generator).tolist()
+    state = torch.load(path, weights_only=True)
+    state["rng"]["loader"] = state["rng"].pop("generators")[0]  # the layout of this project's earlier checkpoints
+    torch.save(state, path)
+    fresh = torch.Generator().manual_seed(0)
+    assert load_checkpoint(path, model, optimizer, fresh) == (1, [])
+    assert torch.rand(2, generator=fresh).tolist() == expected
+
+
+def test_restoring_another_number_of_generators_is_refused_in_one_line(tmp_path):
+    model, optimizer, _ = small_training_objects()
+    path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 1, [], torch.Generator())
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(path, nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3)), optimizer,
+                        [torch.Generator(), torch.Generator()])
+    assert str(error.value) == (f"{path}: holds 1 random generator state(s) but this run restores 2; it was written "
+                                "by another version of the training code, so run with RESUME=False to start over.")
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

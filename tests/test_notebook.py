@@ -166,7 +166,7 @@ def test_smoke_run_of_the_best_recipe_writes_its_submission_and_shows_the_analys
     write_train_csv(tmp_path / "train.csv", X, y)
     write_test_csv(tmp_path / "test.csv", make_digits(100, seed=1)[0])
     output_dir, executed = run_notebook(tmp_path, DATA_DIR=str(tmp_path), EPOCHS=1, RECIPE="best", BEST_EPOCHS=2,
-                                        ENSEMBLE=2, TTA=1, PROGRESS=False)
+                                        ENSEMBLE=2, TTA=1, PROGRESS="lines")
     check_submission_file(output_dir / "submission.csv", rows=100)
     check_submission_file(output_dir / "submission_reference.csv", rows=100)
     experiments = pd.read_csv(output_dir / "experiments.csv")
@@ -175,6 +175,16 @@ def test_smoke_run_of_the_best_recipe_writes_its_submission_and_shows_the_analys
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "model seed 43: validation accuracy" in text and "ensemble of 2 with 1 TTA passes" in text
     assert "refitted on all rows" in text
+    # PROGRESS="lines": a line per epoch of every model, the final fit's without an accuracy (nothing is held out),
+    # each with the time left of the whole recipe (here 0 s: these epochs are quick), and no progress widgets.
+    epoch_lines = re.findall(r"^(reference model|model seed \d+|final fit seed \d+), epoch (\d)/(\d): train loss "
+                             r"\d\.\d{4}(, valid acc \d+\.\d\d%)?, \d+\.\d s, about \d+ s left$", text, re.MULTILINE)
+    assert [(name, epoch, bool(valid)) for name, epoch, _, valid in epoch_lines] == [
+        ("reference model", "1", True), ("model seed 43", "1", True), ("model seed 43", "2", True),
+        ("model seed 44", "1", True), ("model seed 44", "2", True), ("final fit seed 43", "1", False),
+        ("final fit seed 43", "2", False), ("final fit seed 44", "1", False), ("final fit seed 44", "2", False)]
+    assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
+                if make_figures.WIDGET_VIEW in o.get("data", {})]
     tagged = {tag: c for c in executed.cells for tag in c.metadata.get("tags", [])}
     for tag in ("errors-reference", "augmentation"):
         assert any("image/png" in o.get("data", {}) for o in tagged[tag].outputs), tag
@@ -182,8 +192,9 @@ def test_smoke_run_of_the_best_recipe_writes_its_submission_and_shows_the_analys
                   if "image/png" in o.get("data", {})]
     assert len(best_plots) == 3  # the ensemble's confusion matrix, worst errors and every learning curve
     # `make figures` cuts the README's figures from such a notebook, and cleans it for docs/:
-    written = make_figures.write_docs(tmp_path / "executed.ipynb", tmp_path / "docs")
-    assert [path.name for path in written] == [make_figures.EXECUTED_NAME, *(n for _, _, n in make_figures.FIGURES)]
+    assert make_figures.main(["--from", str(tmp_path / "executed.ipynb"), "--docs-dir", str(tmp_path / "docs")]) == 0
+    written = sorted(path.name for path in (tmp_path / "docs").iterdir())
+    assert written == sorted([make_figures.EXECUTED_NAME, *(name for _, _, name in make_figures.FIGURES)])
     assert (tmp_path / "docs" / "ensemble-learning-curves.png").read_bytes() == base64.b64decode(
         best_plots[2]["data"]["image/png"])
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -22,20 +23,29 @@ import run_notebook  # noqa: E402
 
 VENV = Path(sys.prefix)  # the environment running these tests: .venv, or .venv-min under `make test-min`
 EPOCH_LINE = re.compile(r"reference model, epoch (\d)/3: train loss \d\.\d{4}, valid acc \d+\.\d\d%, "
-                        r"\d+\.\d s, about \d+ s left")
+                        r"\d+\.\d s, about \d+ (s|min \d\d s) left")
+# What a user's shell could have set that would change the run: make passes any notebook parameter it finds in the
+# environment, and a make calling this test (make test) exports its own level and flags to the make started here.
+LEAKING = {"DATA_DIR", "EPOCHS", "BATCH_SIZE", "LR", "VALID_SIZE", "SEED", "TRAIN_ROWS", "TEST_ROWS", "OUTPUT_DIR",
+           "FAST", "PROGRESS", "LOSS_LINES", "RESUME", "DETERMINISTIC", "RECIPE", "BEST_EPOCHS", "BEST_LR", "ENSEMBLE",
+           "TTA", "FINAL_FIT", "FROM", "MNIST_MIRRORS", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN",
+           "KAGGLE_KERNEL_RUN_TYPE", "MAKELEVEL", "MAKEFLAGS", "MFLAGS"}
 
 
 def make(clone: Path, *arguments: str, env: dict, **kwargs) -> subprocess.Popen:
     """Start `make ARGUMENTS` in clone with this test's environment, its output (stdout and stderr) as one stream."""
     command = ["make", "--no-print-directory", f"VENV={VENV}", "-o", f"{VENV}/.requirements-installed", *arguments]
-    return subprocess.Popen(command, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **kwargs)
+    run = subprocess.Popen(command, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           **kwargs)
+    watchdog = threading.Timer(300, run.kill)  # a hung run fails the test instead of blocking the suite
+    watchdog.daemon = True
+    watchdog.start()
+    return run
 
 
 def clean_environment(tmp_path: Path, **extra: str) -> dict:
     """The environment of a user with no data anywhere, no Kaggle credentials and no Kaggle tree."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DATA_DIR", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_KERNEL_RUN_TYPE")}
+    env = {name: value for name, value in os.environ.items() if name not in LEAKING}
     (tmp_path / "no-kaggle-config").mkdir(exist_ok=True)
     return {**env, "KAGGLE_CONFIG_DIR": str(tmp_path / "no-kaggle-config"), "KAGGLE_ROOT": str(tmp_path / "no-kaggle"),
             "PYTHONWARNINGS": "ignore", **extra}
@@ -125,7 +135,9 @@ def test_make_run_with_no_data_and_no_network_fails_in_one_line(tmp_path, fresh_
     line = last_line_before_make(lines)
     assert line.startswith("error: no data, and fetching it failed. Tried Kaggle: no credentials"), line
     assert "MNIST's mirrors: could not download train-images-idx3-ubyte.gz from any mirror (http://127.0.0.1:9/" in line
-    assert "`make data` once online, or `kaggle competitions download -c digit-recognizer -p data" in line
+    assert line.count("`kaggle competitions download -c digit-recognizer -p data && unzip") == 1  # by hand
+    assert line.endswith("`make data` or `make run` fetches it; or point DATA_DIR at a folder with train.csv and "
+                         "test.csv.")
     assert "Traceback" not in output and "papermill" not in output.lower()
     assert not (fresh_clone / "output" / "digit_recognizer.ipynb").exists()  # the notebook never started
     assert not [p for p in (fresh_clone / "data").rglob("*") if p.is_file() and p.name != "README.md"]
@@ -150,11 +162,75 @@ def test_a_failing_notebook_ends_make_run_with_its_error_and_the_executed_notebo
     assert "Traceback" not in output
 
 
-def test_an_explicit_data_dir_without_the_csvs_is_not_fetched_into(tmp_path, capsys):
+def test_an_explicit_data_dir_without_the_csvs_is_not_fetched_into(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # main() moves to the repository root; monkeypatch moves back afterwards
     status = run_notebook.main(["-p", "DATA_DIR", str(tmp_path / "nowhere"), "-p", "OUTPUT_DIR", str(tmp_path / "out")])
     error = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and len(error) == 1 and error[0].startswith("error: train.csv and test.csv not found; searched: ")
     assert not (tmp_path / "nowhere").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def no_data_here(monkeypatch, tmp_path):
+    """run_notebook as on a machine with no data: find_data_dir finds none, and the repository stays untouched."""
+    monkeypatch.chdir(tmp_path)
+
+    def nowhere(data_dir=None):
+        raise FileNotFoundError("train.csv and test.csv not found")
+
+    monkeypatch.setattr(run_notebook, "find_data_dir", nowhere)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("credentials, tried", [
+    (True, "Tried Kaggle, with the credentials found: Kaggle refused the download (403): accept the rules"),
+    (False, "Tried Kaggle: no credentials (~/.kaggle/kaggle.json or KAGGLE_USERNAME and KAGGLE_KEY), so MNIST's "
+            "mirrors: Kaggle refused the download (403): accept the rules")])
+def test_a_failed_fetch_says_which_source_was_tried(no_data_here, capsys, credentials, tried):
+    def refused(data_dir):
+        raise RuntimeError("Kaggle refused the download (403): accept the rules.")
+
+    no_data_here.setattr(run_notebook, "download_data", refused)
+    no_data_here.setattr(run_notebook, "kaggle_credentials_found", lambda: credentials)
+    assert run_notebook.main([]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"error: no data, and fetching it failed. {tried}."), error
+
+
+class FakePapermill:
+    """Stands in for papermill.execute_notebook: prints like a notebook would, then raises what it is given."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def __call__(self, *args, stdout_file, **kwargs):
+        stdout_file.write("reference model, epoch 1/15: ...\nloss: 0.1 [  100/33600]\nhalf a line")
+        raise self.error
+
+
+def test_ctrl_c_says_how_to_carry_on(monkeypatch, tmp_path, capsys):
+    import papermill
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run_notebook, "ensure_data", lambda data_dir: None)
+    monkeypatch.setattr(papermill, "execute_notebook", FakePapermill(KeyboardInterrupt()))
+    assert run_notebook.main(["-p", "OUTPUT_DIR", str(tmp_path / "out")]) == 130
+    captured = capsys.readouterr()
+    assert captured.out == "reference model, epoch 1/15: ...\nhalf a line\n"  # the unfinished line is not lost
+    assert captured.err.strip() == (f"interrupted: {tmp_path / 'out'} keeps a checkpoint of every finished epoch; the "
+                                    "same command with RESUME=True carries on from them.")
+
+
+def test_a_kernel_that_dies_ends_in_one_line(monkeypatch, tmp_path, capsys):
+    import papermill
+    from nbclient.exceptions import DeadKernelError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run_notebook, "ensure_data", lambda data_dir: None)
+    monkeypatch.setattr(papermill, "execute_notebook", FakePapermill(DeadKernelError("Kernel died\nmore")))
+    assert run_notebook.main(["-p", "OUTPUT_DIR", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: DeadKernelError: Kernel died (the executed notebook "
+                                               f"{tmp_path / 'out' / 'digit_recognizer.ipynb'} shows where)")
 
 
 def test_the_terminal_gets_whole_lines_without_the_reference_per_batch_lines():
@@ -186,7 +262,7 @@ def test_parameter_values_are_read_as_papermill_reads_them(text, value):
 
 
 def test_make_kernel_registers_the_venv_under_a_clear_name(tmp_path):
-    run = make(REPO_DIR, "kernel", env={**os.environ, "JUPYTER_DATA_DIR": str(tmp_path)})
+    run = make(REPO_DIR, "kernel", env={**clean_environment(tmp_path), "JUPYTER_DATA_DIR": str(tmp_path)})
     output, _ = run.communicate(timeout=120)
     assert run.returncode == 0, output
     spec = json.loads((tmp_path / "kernels" / "digit-recognizer" / "kernel.json").read_text())
@@ -195,8 +271,19 @@ def test_make_kernel_registers_the_venv_under_a_clear_name(tmp_path):
                                                                                   "{connection_file}"]
 
 
-def test_make_lab_opens_the_notebook_after_registering_the_kernel():
-    dry_run = subprocess.run(["make", "-n", "lab"], cwd=REPO_DIR, capture_output=True, text=True, check=True).stdout
+def test_make_figures_runs_the_best_recipe_or_takes_an_executed_notebook(tmp_path):
+    def dry_run(*arguments):
+        return subprocess.run(["make", "-n", *arguments], cwd=REPO_DIR, capture_output=True, text=True,
+                              check=True, env=clean_environment(tmp_path)).stdout.strip()
+
+    assert dry_run("figures") == ".venv/bin/python scripts/make_figures.py"
+    assert dry_run("figures", "RESUME=True") == ".venv/bin/python scripts/make_figures.py  -p RESUME 'True'"
+    assert dry_run("figures", "FROM=output/x.ipynb") == ".venv/bin/python scripts/make_figures.py --from 'output/x.ipynb'"
+
+
+def test_make_lab_opens_the_notebook_after_registering_the_kernel(tmp_path):
+    dry_run = subprocess.run(["make", "-n", "lab"], cwd=REPO_DIR, capture_output=True, text=True, check=True,
+                             env=clean_environment(tmp_path)).stdout
     lines = dry_run.strip().splitlines()
     assert "ipykernel install --user --name digit-recognizer" in lines[-2]
     assert lines[-1] == ".venv/bin/jupyter lab digit_recognizer.ipynb"
