@@ -41,6 +41,17 @@ def learnable_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images.reshape(n, 784), y.astype(np.int64)
 
 
+def centre_of_mass(images: "torch.Tensor") -> "torch.Tensor":
+    """(B, 2) row and column of each (B, 1, 28, 28) image's centre of mass, in pixels (pixel i's centre is at i)."""
+    import torch
+
+    grid = torch.arange(28, dtype=images.dtype)
+    mass = images.sum(dim=(1, 2, 3))
+    rows = (images.sum(dim=(1, 3)) * grid).sum(1) / mass
+    cols = (images.sum(dim=(1, 2)) * grid).sum(1) / mass
+    return torch.stack([rows, cols], 1)
+
+
 def write_train_csv(path: Path, X: np.ndarray, y: np.ndarray) -> Path:
     """Write a train.csv in the competition's layout (.gz compresses)."""
     frame = pd.DataFrame(np.column_stack([y, X]), columns=TRAIN_COLUMNS)

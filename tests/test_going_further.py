@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import make_digits, notebook_namespace  # noqa: E402
+from conftest import centre_of_mass, make_digits, notebook_namespace  # noqa: E402
 from torch import nn  # noqa: E402
 
 from mnist_helpers import (choose_fast_path, ensemble_proba, make_loaders, one_cycle_lrs, per_class_accuracy,  # noqa: E402
@@ -25,15 +25,6 @@ def notebook():
 def digits(n: int = 8) -> torch.Tensor:
     X, _ = make_digits(n)
     return torch.from_numpy(X).float().div(255).view(-1, 1, 28, 28)
-
-
-def centre_of_mass(images: torch.Tensor) -> torch.Tensor:
-    """(B, 2) row and column of each image's centre of mass, in pixels."""
-    grid = torch.arange(28, dtype=torch.float32)
-    mass = images.sum(dim=(1, 2, 3))
-    rows = (images.sum(dim=(1, 3)) * grid).sum(1) / mass
-    cols = (images.sum(dim=(1, 2)) * grid).sum(1) / mass
-    return torch.stack([rows, cols], 1)
 
 
 def test_augmentation_keeps_shape_dtype_and_range():
