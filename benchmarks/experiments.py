@@ -6,12 +6,12 @@ read from digit_recognizer.ipynb), on the notebook's split (SEED, VALID_SIZE), o
 one piece of that recipe from outside (the augmentation, the loss, weight averaging) so that the notebook is changed
 only for the ideas that pay. Every model is scored on the same held-out validation images, alone and together,
 with its raw weights and (with --swa-from) its averaged ones, with and without a deterministic test-time pass over
-one-pixel shifts. No test labels are read. Each result is appended to --csv, with the date, the machine and the
+one-pixel shifts. No test labels are read. Each result is appended to --results, with the date, the machine and the
 command, so that the README's table and plot come from measured rows only.
 
     python benchmarks/experiments.py --idea baseline --seeds 43 44 45                     # about 13 min here
     python benchmarks/experiments.py --idea elastic --elastic 34 4 --swa-from 20 --seeds 43 44 45
-    python benchmarks/experiments.py --report                                                # the table, from the CSV
+    python benchmarks/experiments.py --report                                                # the table, from the TSV
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ from mnist_helpers import (choose_fast_path, csv_path, device_facts, elastic_dis
                            split_train_valid)
 
 NOTEBOOK = REPO_DIR / "digit_recognizer.ipynb"
-RESULTS = REPO_DIR / "benchmarks" / "experiments.csv"
+RESULTS = REPO_DIR / "benchmarks" / "experiments.tsv"  # tab-separated: results, not data
 SHIFTS = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]  # (dx, dy) in pixels: the image itself and four 1-pixel shifts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; every default is in the help."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--idea", default="baseline", help="the name this run's rows get in the CSV (default: baseline)")
+    parser.add_argument("--idea", default="baseline", help="the name this run's rows get (default: baseline)")
     parser.add_argument("--data-dir", help="folder with train.csv (default: as the notebook searches, $DATA_DIR first)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[43, 44, 45],
                         help="one model per seed (default: 43 44 45, the notebook's SEED + 1, 2, 3)")
@@ -58,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="for the training loss (default: 0)")
     parser.add_argument("--swa-from", type=int, help="also average the weights of this epoch and every later one "
                                                      "(SWA), BatchNorm statistics recomputed after (default: off)")
-    parser.add_argument("--csv", type=Path, default=RESULTS, help=f"append results here (default: {RESULTS.name})")
-    parser.add_argument("--report", action="store_true", help="print the summary of --csv and stop")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"append results here (default: {RESULTS.name})")
+    parser.add_argument("--report", action="store_true", help="print the summary of --results and stop")
     return parser.parse_args(argv)
 
 
@@ -118,14 +118,14 @@ def machine() -> str:
 
 
 def record(rows: list[dict], path: Path) -> None:
-    """Append rows to the results CSV (created with its header the first time)."""
+    """Append rows to the tab-separated results file (created with its header the first time)."""
     frame = pd.DataFrame(rows)
-    frame.to_csv(path, mode="a", header=not path.exists(), index=False)
+    frame.to_csv(path, mode="a", header=not path.exists(), index=False, sep="\t")
 
 
 def report(path: Path) -> pd.DataFrame:
     """Per idea: mean ± sd of the single models, and the ensemble, raw and averaged, with and without TTA."""
-    frame = pd.read_csv(path)
+    frame = pd.read_csv(path, sep="\t")
     single = frame[frame["models"] == 1].groupby(["idea", "weights", "tta"])
     table = single["valid_acc"].agg(["mean", "std", "count"])
     table[["mean", "std"]] = (100 * table[["mean", "std"]]).round(3)  # percent
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     """Train the models, score them every way, print and record the results."""
     args = parse_args(argv)
     if args.report:
-        print(report(args.csv).to_string(index=False))
+        print(report(args.results).to_string(index=False))
         return
     command = "python benchmarks/experiments.py " + " ".join(sys.argv[1:] if argv is None else argv)
     device = get_device()
@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> None:
                          "train_minutes": round(sum(minutes), 2), "command": command})
             print(f"  ensemble of {len(args.seeds)}, {weights} weights, TTA {tta}: {100 * rows[-1]['valid_acc']:.2f}% "
                   f"({wrong} mistakes)", flush=True)
-    record(rows, args.csv)
-    print(f"appended {len(rows)} rows to {args.csv}")
+    record(rows, args.results)
+    print(f"appended {len(rows)} rows to {args.results}")
 
 
 if __name__ == "__main__":

@@ -66,17 +66,18 @@ def test_a_tiny_run_records_every_model_and_ensemble_and_reports_them(tmp_path, 
     X, y = learnable_digits(400)
     write_train_csv(tmp_path / "train.csv", X, y)
     write_test_csv(tmp_path / "test.csv", learnable_digits(10, seed=1)[0])
-    results = tmp_path / "experiments.csv"
+    results = tmp_path / "experiments.tsv"
     experiments.main(["--idea", "tiny", "--data-dir", str(tmp_path), "--seeds", "1", "2", "--epochs", "2",
-                      "--swa-from", "2", "--elastic", "34", "4", "--label-smoothing", "0.1", "--csv", str(results)])
-    rows = pd.read_csv(results)
+                      "--swa-from", "2", "--elastic", "34", "4", "--label-smoothing", "0.1",
+                      "--results", str(results)])
+    rows = pd.read_csv(results, sep="\t")
     assert len(rows) == 2 * 4 + 4  # per model: raw and averaged weights, each without and with TTA; then ensembles
     assert set(rows["weights"]) == {"raw", "swa"} and set(rows["tta"]) == {"none", "shifts"}
     assert rows["models"].tolist().count(2) == 4
     assert np.allclose(rows["mistakes"], (1 - rows["valid_acc"]) * 80)  # 80 validation images: 20% of 400
     assert rows["command"].iloc[0].startswith("python benchmarks/experiments.py --idea tiny")
     capsys.readouterr()
-    experiments.main(["--report", "--csv", str(results)])
+    experiments.main(["--report", "--results", str(results)])
     printed = capsys.readouterr().out
     assert "tiny" in printed and "minutes_per_model" in printed
     summary = experiments.report(results)
