@@ -111,9 +111,10 @@ def machine() -> str:
     """The CPU's model name and core count, or the GPU's name."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
-        platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere platform.processor() says what it can
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.processor())
     return f"{name}, {torch.get_num_threads()} threads"
 
 
