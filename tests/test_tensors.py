@@ -19,6 +19,15 @@ def test_image_tensor_is_float32_in_unit_range_with_a_channel():
     assert to_image_tensor(X[:0]).shape == (0, 1, 28, 28)
 
 
+def test_every_pixel_value_becomes_its_correctly_rounded_float32():
+    # The values come from a table divided on the CPU, the same on every device: CUDA's own x / 255 multiplies
+    # by 1/255, which misses the correctly rounded value for some pixels (the last line shows that it would).
+    pixels = np.resize(np.arange(256, dtype=np.uint8), (1, 784))  # every value 0..255, three times and a bit
+    exact = (pixels.astype(np.float64) / 255).astype(np.float32)  # rounded once
+    assert np.array_equal(to_image_tensor(pixels).numpy().reshape(1, 784), exact)
+    assert not np.array_equal(exact, pixels.astype(np.float32) * np.float32(1 / 255))  # the shortcut differs
+
+
 def _with_row_ids(n):
     """Digits whose first two pixels spell the row number, so rows can be traced through the split."""
     X, y = make_digits(n)
