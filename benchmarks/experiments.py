@@ -17,6 +17,8 @@ command, so that the README's table and plot come from measured rows only.
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import platform
 import sys
 import tempfile
@@ -28,13 +30,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, update_bn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_DIR))
 
 from mnist_helpers import (choose_fast_path, csv_path, device_facts, elastic_distort, find_data_dir,  # noqa: E402
-                           get_device, load_train_csv, predict_proba, random_affine, run_notebook_cells,
+                           get_device, load_test_csv, load_train_csv, predict_proba, random_affine, run_notebook_cells,
                            split_train_valid)
 
 NOTEBOOK = REPO_DIR / "digit_recognizer.ipynb"
@@ -58,6 +60,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="for the training loss (default: 0)")
     parser.add_argument("--swa-from", type=int, help="also average the weights of this epoch and every later one "
                                                      "(SWA), BatchNorm statistics recomputed after (default: off)")
+    parser.add_argument("--ema", type=float, metavar="DECAY",
+                        help="also keep an exponential moving average of the weights, updated after every step, "
+                             "BatchNorm statistics recomputed after (default: off; e.g. 0.999)")
+    parser.add_argument("--snapshots", type=int, nargs="+", default=[], metavar="EPOCH",
+                        help="also score each model's copies after these epochs, averaged with the last one "
+                             "(a snapshot ensemble from one run; default: none)")
+    parser.add_argument("--width", type=int, default=32, help="StrongerCNN's first block's channels; the second "
+                                                             "and third get 2x and 4x (default: 32, Deotte's)")
+    parser.add_argument("--train-fraction", type=float, default=1.0,
+                        help="train on a random share of the training split, on the same validation images: "
+                             "0.8 against 1.0 measures what 25%% more rows (the final fit's) are worth (default: 1)")
+    parser.add_argument("--pseudo-label", type=float, metavar="CONFIDENCE",
+                        help="then train the same seeds again with the test images that the first ensemble gives "
+                             "at least this probability, under its labels (default: off; e.g. 0.999)")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"append results here (default: {RESULTS.name})")
     parser.add_argument("--report", action="store_true", help="print the summary of --results and stop")
     return parser.parse_args(argv)
@@ -77,26 +93,35 @@ def shift_tta_proba(model: nn.Module, X: np.ndarray, fast) -> np.ndarray:
 
 
 class WeightAverager:
-    """Wraps the notebook's train_one_epoch: after each epoch from `start` on, adds the model's weights to its SWA."""
+    """Wraps the notebook's train_one_epoch: keeps an SWA of the weights from epoch `start` on, an EMA updated after
+    every optimizer step, and copies of the model after the chosen epochs."""
 
-    def __init__(self, train_one_epoch, start: int | None):
-        """start=None averages nothing."""
-        self.train_one_epoch, self.start = train_one_epoch, start
-        self.epoch, self.averaged, self.loader = 0, None, None
+    def __init__(self, train_one_epoch, start: int | None, ema_decay: float | None = None,
+                 snapshot_epochs: list[int] | tuple[int, ...] = ()):
+        """start=None, ema_decay=None and no snapshot epochs keep nothing."""
+        self.train_one_epoch, self.start, self.ema_decay = train_one_epoch, start, ema_decay
+        self.snapshot_epochs = set(snapshot_epochs)
+        self.new_model()
 
     def new_model(self) -> None:
-        """Forget the previous model's average."""
-        self.epoch, self.averaged, self.loader = 0, None, None
+        """Forget the previous model's averages and copies."""
+        self.epoch, self.averaged, self.ema, self.snapshots, self.loader = 0, None, None, [], None
 
-    def __call__(self, model, loader, *args, **kwargs):
-        """One epoch, as the notebook's; then the average is updated."""
-        result = self.train_one_epoch(model, loader, *args, **kwargs)
+    def __call__(self, model, loader, loss_fn=None, optimizer=None, *args, **kwargs):
+        """One epoch, as the notebook's; the EMA follows every step, then the SWA and the copies are updated."""
+        if self.ema_decay is not None and self.ema is None:  # the model's first epoch: follow its optimizer's steps
+            ema = self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay))
+            optimizer.register_step_post_hook(lambda *_: ema.update_parameters(model))
+        result = self.train_one_epoch(model, loader, *(() if loss_fn is None else (loss_fn, optimizer)),
+                                      *args, **kwargs)
         self.epoch += 1
+        self.loader = loader
         if self.start is not None and self.epoch >= self.start:
             if self.averaged is None:
                 self.averaged = AveragedModel(model)  # a copy; equal weights per epoch (SWA)
             self.averaged.update_parameters(model)
-            self.loader = loader
+        if self.epoch in self.snapshot_epochs:
+            self.snapshots.append(copy.deepcopy(model))
         return result
 
     def finished(self) -> nn.Module | None:
@@ -105,6 +130,18 @@ class WeightAverager:
             return None
         update_bn(self.loader, self.averaged)
         return self.averaged.module
+
+    def weights(self, model: nn.Module) -> dict[str, list[nn.Module]]:
+        """Every version of the model to score: its raw weights, the SWA, the EMA, and the snapshots with the last."""
+        versions = {"raw": [model]}
+        if self.averaged is not None:
+            versions["swa"] = [self.finished()]
+        if self.ema is not None:
+            update_bn(self.loader, self.ema)  # its BatchNorm statistics, measured with its own weights
+            versions["ema"] = [self.ema.module]
+        if self.snapshots:
+            versions["snapshots"] = [*self.snapshots, model]
+        return versions
 
 
 def machine() -> str:
@@ -125,16 +162,56 @@ def record(rows: list[dict], path: Path) -> None:
 
 
 def report(path: Path) -> pd.DataFrame:
-    """Per idea: mean ± sd of the single models, and the ensemble, raw and averaged, with and without TTA."""
+    """Per machine and idea: mean ± sd of the single models and the largest ensemble, each version, with(out) TTA."""
     frame = pd.read_csv(path, sep="\t")
-    single = frame[frame["models"] == 1].groupby(["idea", "weights", "tta"])
+    keys = ["machine", "idea", "weights", "tta"]
+    single = frame[frame["models"] == 1].groupby(keys)
     table = single["valid_acc"].agg(["mean", "std", "count"])
     table[["mean", "std"]] = (100 * table[["mean", "std"]]).round(3)  # percent
     table["minutes_per_model"] = single["train_minutes"].mean().round(1)
-    ensembles = frame[frame["models"] > 1].set_index(["idea", "weights", "tta"])
+    ensembles = frame[frame["models"] > 1].sort_values("models").groupby(keys).last()  # all of a run's models
+    table["ensemble_of"] = ensembles["models"].reindex(table.index)
     table["ensemble"] = (100 * ensembles["valid_acc"]).round(2).reindex(table.index)
     table["ensemble_mistakes"] = ensembles["mistakes"].reindex(table.index)
+    table["ensemble_minutes"] = ensembles["train_minutes"].reindex(table.index)
     return table.reset_index()
+
+
+def result(base: dict, seed: str, models: int, weights: str, tta: str, proba: np.ndarray, y_valid: np.ndarray,
+           minutes: float) -> dict:
+    """One row of the results file: how many of the validation images these probabilities get wrong."""
+    wrong = int((proba.argmax(1) != y_valid).sum())
+    return {**base, "seed": seed, "models": models, "weights": weights, "tta": tta,
+            "valid_acc": 1 - wrong / len(y_valid), "mistakes": wrong, "train_minutes": round(minutes, 2)}
+
+
+def train_and_score(code: dict, averager: WeightAverager, seeds: list[int], epochs: int, X_pool: np.ndarray,
+                    y_pool: np.ndarray, X_valid: np.ndarray, y_valid: np.ndarray, fast, base: dict
+                    ) -> tuple[list[dict], list[nn.Module], list[float]]:
+    """One model per seed, as the notebook trains them; each version scored alone, and the first k models together."""
+    probas: dict[tuple[str, str], list[np.ndarray]] = {}
+    rows, models, minutes = [], [], []
+    for seed in seeds:
+        averager.new_model()
+        model, history = code["train_member"](seed, X_pool, y_pool, epochs, X_valid, y_valid)
+        models.append(model)
+        minutes.append(history["seconds"].sum() / 60)
+        for weights, versions in averager.weights(model).items():
+            for tta, predict in (("none", lambda m: predict_proba(m, X_valid, fast)),
+                                 ("shifts", lambda m: shift_tta_proba(m, X_valid, fast))):
+                proba = np.mean([predict(version) for version in versions], axis=0)  # (N_valid, 10)
+                probas.setdefault((weights, tta), []).append(proba)
+                rows.append(result(base, str(seed), 1, weights, tta, proba, y_valid, minutes[-1]))
+                print(f"  seed {seed}, {weights} weights, TTA {tta}: {100 * rows[-1]['valid_acc']:.2f}% "
+                      f"({rows[-1]['mistakes']} mistakes), {minutes[-1]:.1f} min", flush=True)
+    for k in range(2, len(seeds) + 1):  # ensembles of the first 2, 3, ... models: accuracy against minutes
+        for (weights, tta), runs in probas.items():
+            rows.append(result(base, "+".join(map(str, seeds[:k])), k, weights, tta, np.mean(runs[:k], axis=0),
+                               y_valid, sum(minutes[:k])))
+            if k == len(seeds):
+                print(f"  ensemble of {k}, {weights} weights, TTA {tta}: {100 * rows[-1]['valid_acc']:.2f}% "
+                      f"({rows[-1]['mistakes']} mistakes)", flush=True)
+    return rows, models, minutes
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,13 +226,17 @@ def main(argv: list[str] | None = None) -> None:
     data_dir = find_data_dir(args.data_dir)
     X_all, y_all = load_train_csv(csv_path(data_dir, "train.csv"), max_rows=args.train_rows)
     X_train, X_valid, y_train, y_valid = split_train_valid(X_all, y_all, 0.2, args.split_seed)
+    if args.train_fraction < 1:  # fewer training rows, the same validation images
+        keep = np.random.default_rng(args.split_seed).permutation(len(X_train))[:int(args.train_fraction * len(X_train))]
+        X_train, y_train = X_train[keep], y_train[keep]
 
     code = run_notebook_cells(NOTEBOOK, "imports", "model", "train-loop", "model-best", "best-recipe")
     scratch = tempfile.TemporaryDirectory(prefix="experiments-")  # train_member's checkpoints
-    averager = WeightAverager(code["train_one_epoch"], args.swa_from)
+    averager = WeightAverager(code["train_one_epoch"], args.swa_from, args.ema, args.snapshots)
     code.update(BATCH_SIZE=100, BEST_LR=args.lr, PROGRESS="lines", fast=fast, SEED=args.split_seed, VALID_SIZE=0.2,
                 TRAIN_ROWS=args.train_rows, FAST=True, RESUME=False, facts=device_facts(device),
                 output_dir=Path(scratch.name), train_one_epoch=averager,
+                StrongerCNN=functools.partial(code["StrongerCNN"], width=args.width),
                 loss_fn=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing))
     if args.elastic:  # the notebook's augmentation, then an elastic distortion drawn from the same generator
         alpha, sigma = args.elastic
@@ -164,35 +245,26 @@ def main(argv: list[str] | None = None) -> None:
     when, where = time.strftime("%Y-%m-%d"), machine()
     print(f"{when}: {args.idea}: {len(args.seeds)} models x {args.epochs} epochs on {device} ({where}, torch "
           f"{torch.__version__}), {len(X_train)} training / {len(X_valid)} validation rows from {data_dir}", flush=True)
+    base = {"date": when, "machine": where, "idea": args.idea, "epochs": args.epochs, "command": command}
+    rows, models, minutes = train_and_score(code, averager, args.seeds, args.epochs, X_train, y_train, X_valid,
+                                            y_valid, fast, base)
 
-    probas: dict[tuple[str, str], list[np.ndarray]] = {}
-    rows, minutes = [], []
-    for seed in args.seeds:
-        averager.new_model()
-        model, history = code["train_member"](seed, X_train, y_train, args.epochs, X_valid, y_valid)
-        minutes.append(history["seconds"].sum() / 60)
-        for weights, scored in (("raw", model), ("swa", averager.finished())):
-            if scored is None:
-                continue
-            for tta, proba in (("none", predict_proba(scored, X_valid, fast)),
-                               ("shifts", shift_tta_proba(scored, X_valid, fast))):
-                probas.setdefault((weights, tta), []).append(proba)
-                wrong = int((proba.argmax(1) != y_valid).sum())
-                rows.append({"date": when, "machine": where, "idea": args.idea, "seed": seed, "models": 1,
-                             "epochs": args.epochs, "weights": weights, "tta": tta, "valid_acc": 1 - wrong / len(y_valid),
-                             "mistakes": wrong, "train_minutes": round(minutes[-1], 2), "command": command})
-                print(f"  seed {seed}, {weights} weights, TTA {tta}: {100 * rows[-1]['valid_acc']:.2f}% "
-                      f"({wrong} mistakes), {minutes[-1]:.1f} min", flush=True)
-    if len(args.seeds) > 1:
-        for (weights, tta), runs in probas.items():
-            wrong = int((np.mean(runs, axis=0).argmax(1) != y_valid).sum())
-            rows.append({"date": when, "machine": where, "idea": args.idea, "seed": "+".join(map(str, args.seeds)),
-                         "models": len(args.seeds), "epochs": args.epochs, "weights": weights, "tta": tta,
-                         "valid_acc": 1 - wrong / len(y_valid), "mistakes": wrong,
-                         "train_minutes": round(sum(minutes), 2), "command": command})
-            print(f"  ensemble of {len(args.seeds)}, {weights} weights, TTA {tta}: {100 * rows[-1]['valid_acc']:.2f}% "
-                  f"({wrong} mistakes)", flush=True)
-    record(rows, args.results)
+    if args.pseudo_label is not None:  # stage 2: the test images the first ensemble is surest of, under its labels
+        X_test = load_test_csv(csv_path(data_dir, "test.csv"))
+        test_proba = np.mean([predict_proba(model, X_test, fast) for model in models], axis=0)  # (M, 10)
+        sure = test_proba.max(axis=1) >= args.pseudo_label
+        print(f"pseudo-labels: {sure.sum()} of {len(X_test)} test images at probability >= {args.pseudo_label:g}",
+              flush=True)
+        X_more, y_more = np.concatenate([X_train, X_test[sure]]), np.concatenate([y_train, test_proba[sure].argmax(1)])
+        more, _, _ = train_and_score(code, averager, args.seeds, args.epochs, X_more, y_more.astype(y_train.dtype),
+                                     X_valid, y_valid, fast,
+                                     {**base, "idea": f"{args.idea} + pseudo-labels {args.pseudo_label:g}"})
+        for row in more:
+            row["train_minutes"] = round(row["train_minutes"] + sum(minutes), 2)  # the first stage's cost too
+        rows += more
+    columns = ["date", "machine", "idea", "seed", "models", "epochs", "weights", "tta", "valid_acc", "mistakes",
+               "train_minutes", "command"]
+    record([{column: row[column] for column in columns} for row in rows], args.results)
     print(f"appended {len(rows)} rows to {args.results}")
 
 

@@ -84,3 +84,154 @@ def test_a_tiny_run_records_every_model_and_ensemble_and_reports_them(tmp_path, 
     raw = summary[(summary["weights"] == "raw") & (summary["tta"] == "none")].iloc[0]
     singles = rows[(rows["models"] == 1) & (rows["weights"] == "raw") & (rows["tta"] == "none")]["valid_acc"]
     assert np.isclose(raw["mean"], round(100 * singles.mean(), 3)) and raw["count"] == 2
+
+
+def small_bn_net() -> nn.Module:
+    """Linear -> BatchNorm -> Linear: small enough to check every weight by hand."""
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+
+
+def hand_bn_statistics(first_layer: nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """What update_bn should measure: the mean over the batches of each batch's mean and (unbiased) variance."""
+    with torch.no_grad():
+        features = [first_layer(x) for x, _ in batches]
+        return (torch.stack([f.mean(0) for f in features]).mean(0),
+                torch.stack([f.var(0) for f in features]).mean(0))
+
+
+def test_ema_follows_every_optimizer_step_recomputes_batchnorm_and_starts_again_per_model():
+    torch.manual_seed(0)
+    decay = 0.6
+    batches = [(torch.randn(16, 3) + 5, torch.randint(0, 2, (16,))) for _ in range(3)]  # far from the start's stats
+    after_steps = []  # every parameter after every optimizer step
+
+    def one_epoch(model, loader, loss_fn, optimizer):  # a stand-in for the notebook's train_one_epoch: real steps
+        model.train()
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+            after_steps.append([p.detach().clone() for p in model.parameters()])
+
+    def hand_ema(steps):  # AveragedModel: the first update copies, then W_ema = decay W_ema + (1 - decay) W
+        ema = [p.clone() for p in steps[0]]
+        for step in steps[1:]:
+            ema = [decay * e + (1 - decay) * p for e, p in zip(ema, step)]
+        return ema
+
+    model = small_bn_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    averager = experiments.WeightAverager(one_epoch, start=None, ema_decay=decay)
+    for _ in range(2):
+        averager(model, batches, nn.CrossEntropyLoss(), optimizer)
+    assert len(after_steps) == 6
+    versions = averager.weights(model)
+    assert set(versions) == {"raw", "ema"} and versions["raw"] == [model]
+    ema = versions["ema"][0]
+    for mine, hand in zip(ema.parameters(), hand_ema(after_steps)):
+        assert torch.allclose(mine, hand, atol=1e-6)  # one update per step, in both epochs
+    for mine, raw in ((ema[0].weight, model[0].weight), (ema[1].weight, model[1].weight),
+                      (ema[2].weight, model[2].weight)):  # (the first bias gets no gradient: BatchNorm cancels it)
+        assert not torch.allclose(mine, raw, atol=1e-3)
+    mean, var = hand_bn_statistics(ema[0], batches)  # measured again, with the EMA's own weights
+    assert torch.allclose(ema[1].running_mean, mean, atol=1e-5)
+    assert torch.allclose(ema[1].running_var, var, atol=1e-4)
+    assert not torch.allclose(model[1].running_mean, mean, atol=1e-2)  # not the raw model's running statistics
+    inputs = torch.cat([x for x, _ in batches])
+    with torch.no_grad():
+        ema.eval()
+        normalised = (ema[0](inputs) - mean) / torch.sqrt(var + ema[1].eps)
+        assert torch.allclose(ema(inputs), ema[2](normalised * ema[1].weight + ema[1].bias), atol=1e-4)
+    first_ema = [p.detach().clone() for p in ema.parameters()]
+
+    averager.new_model()  # the next seed: its own EMA, of its own steps only
+    second = small_bn_net()
+    assert "ema" not in averager.weights(second)
+    after_steps.clear()
+    averager(second, batches, nn.CrossEntropyLoss(), torch.optim.SGD(second.parameters(), lr=0.5))
+    assert len(after_steps) == 3
+    second_ema = averager.weights(second)["ema"][0]
+    assert second_ema is not ema
+    for mine, hand in zip(second_ema.parameters(), hand_ema(after_steps)):
+        assert torch.allclose(mine, hand, atol=1e-6)
+    for mine, before in zip(ema.parameters(), first_ema):
+        assert torch.equal(mine, before)  # the first model's EMA is left as it was
+
+
+def test_snapshots_are_independent_copies_after_the_chosen_epochs_then_the_live_model():
+    torch.manual_seed(0)
+    model = small_bn_net()
+    after_epochs = []
+
+    def one_epoch(model, loader):  # a stand-in for the notebook's train_one_epoch: moves every weight in place
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn_like(parameter))
+        after_epochs.append([p.detach().clone() for p in model.parameters()])
+
+    batches = [(torch.randn(8, 3), torch.zeros(8)) for _ in range(2)]
+    averager = experiments.WeightAverager(one_epoch, start=None, snapshot_epochs=[1, 3])
+    for _ in range(4):
+        averager(model, batches)
+    versions = averager.weights(model)
+    assert set(versions) == {"raw", "snapshots"}
+    first, third, live = versions["snapshots"]
+    assert live is model and first is not model and third is not model
+    for copy, epoch in ((first, 1), (third, 3)):  # still the weights of that epoch, after the later epochs
+        for mine, recorded, now in zip(copy.parameters(), after_epochs[epoch - 1], model.parameters()):
+            assert torch.equal(mine, recorded)
+            assert not torch.equal(mine, now)
+    averager.new_model()
+    assert "snapshots" not in averager.weights(model)
+
+
+def test_pseudo_labels_and_train_fraction_end_to_end(tmp_path, capsys, monkeypatch):
+    X, y = learnable_digits(400)
+    write_train_csv(tmp_path / "train.csv", X, y)
+    X_test = learnable_digits(10, seed=1)[0]
+    write_test_csv(tmp_path / "test.csv", X_test)
+    results = tmp_path / "experiments.tsv"
+    stages = []  # what each call of train_and_score was given, and what it returned before main changed it
+
+    def spy(code, averager, seeds, epochs, X_pool, y_pool, X_valid, y_valid, fast, base):
+        rows, models, minutes = real(code, averager, seeds, epochs, X_pool, y_pool, X_valid, y_valid, fast, base)
+        if not stages:  # tiny models train in a fraction of a second: say the first stage's took a minute longer
+            minutes = [m + 1.0 for m in minutes]  # each, so that its cost shows in the 2-decimal minutes
+        stages.append(dict(X_pool=X_pool, X_valid=X_valid, minutes=list(minutes), models=models,
+                           row_minutes=[row["train_minutes"] for row in rows]))
+        return rows, models, minutes
+
+    real = experiments.train_and_score
+    monkeypatch.setattr(experiments, "train_and_score", spy)
+    experiments.main(["--idea", "tiny", "--data-dir", str(tmp_path), "--seeds", "1", "2", "3", "--epochs", "2",
+                      "--train-fraction", "0.5", "--pseudo-label", "0.1", "--width", "8",
+                      "--results", str(results)])
+    printed = capsys.readouterr().out
+
+    # --train-fraction: half of the training split, on the full run's validation images
+    X_train, X_valid, _, _ = experiments.split_train_valid(X, y, 0.2, 42)
+    assert (len(X_train), len(X_valid)) == (320, 80)
+    assert "160 training / 80 validation rows" in printed
+    assert len(stages) == 2 and len(stages[0]["X_pool"]) == 160
+    assert np.array_equal(stages[0]["X_valid"], X_valid) and np.array_equal(stages[1]["X_valid"], X_valid)
+    training = {row.tobytes() for row in X_train}
+    assert all(row.tobytes() in training for row in stages[0]["X_pool"])
+    assert all(model.head.in_features == 32 for model in stages[0]["models"])  # --width 8: 8, 16, 32 channels
+
+    # --pseudo-label 0.1: every test image is at least that sure (ten classes), so all ten join the second stage
+    assert "pseudo-labels: 10 of 10 test images" in printed
+    assert len(stages[1]["X_pool"]) == 160 + 10
+    assert np.array_equal(stages[1]["X_pool"][160:], X_test)
+    rows = pd.read_csv(results, sep="\t")
+    first, second = rows[rows["idea"] == "tiny"], rows[rows["idea"] == "tiny + pseudo-labels 0.1"]
+    assert len(first) == len(second) == 3 * 2 + 2 * 2 and len(rows) == 20  # 3 models, 2 ensembles; 2 TTAs
+    first_total = sum(stages[0]["minutes"])  # what main was told the first stage cost: over 3 minutes
+    assert (second["train_minutes"] >= round(first_total, 2)).all()
+    assert np.allclose(second["train_minutes"], [round(own + first_total, 2) for own in stages[1]["row_minutes"]],
+                       rtol=0, atol=1e-9)  # each row's own minutes plus the whole first stage's
+    for stage in (first, second):
+        for weights, tta in (("raw", "none"), ("raw", "shifts")):
+            runs = stage[(stage["weights"] == weights) & (stage["tta"] == tta)]
+            assert sorted(runs["models"]) == [1, 1, 1, 2, 3]
+            assert set(runs[runs["models"] > 1]["seed"]) == {"1+2", "1+2+3"}
+    assert np.allclose(first["train_minutes"], stages[0]["row_minutes"], rtol=0, atol=1e-9)  # the first: as they were
