@@ -28,6 +28,13 @@ def test_every_pixel_value_becomes_its_correctly_rounded_float32():
     assert not np.array_equal(exact, pixels.astype(np.float32) * np.float32(1 / 255))  # the shortcut differs
 
 
+def test_column_major_pixels_give_the_same_images():
+    # pandas can hand back a Fortran-ordered (column-major) array; on a GPU that once failed in .view().
+    X = np.random.default_rng(0).integers(0, 256, (5, 784), dtype=np.uint8)
+    assert torch.equal(to_image_tensor(np.asfortranarray(X)), to_image_tensor(X))
+    assert torch.equal(to_image_tensor(np.asfortranarray(X)[1:4]), to_image_tensor(X)[1:4])
+
+
 def _with_row_ids(n):
     """Digits whose first two pixels spell the row number, so rows can be traced through the split."""
     X, y = make_digits(n)
