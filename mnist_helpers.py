@@ -1152,6 +1152,54 @@ def plot_learning_curves(histories: dict[str, pd.DataFrame]):
     return fig
 
 
+
+def measured_points(measured: pd.DataFrame, device: str = "cpu") -> pd.DataFrame:
+    """Per variant of an experiments table (benchmarks/experiments.tsv): its mean single model and largest ensemble."""
+    rows = measured[measured["device"] == device]
+    points = []
+    for (idea, weights, tta), group in rows.groupby(["idea", "weights", "tta"], sort=False):
+        variant = idea + ("" if weights == "raw" else f", {weights} weights") + ("" if tta == "none" else ", shift TTA")
+        single, ensembles = group[group["models"] == 1], group[group["models"] > 1]
+        points.append({"variant": variant, "models": 1, "valid_acc": single["valid_acc"].mean(),
+                       "minutes": single["train_minutes"].mean()})
+        if len(ensembles):
+            largest = ensembles.sort_values("models").iloc[-1]
+            points.append({"variant": variant, "models": int(largest["models"]), "valid_acc": largest["valid_acc"],
+                           "minutes": largest["train_minutes"]})
+    return pd.DataFrame(points, columns=["variant", "models", "valid_acc", "minutes"])
+
+
+def plot_accuracy_vs_minutes(experiments: pd.DataFrame, measured: pd.DataFrame | None = None):
+    """Validation accuracy against training minutes, all of it and the top: this run's models, and measured points."""
+    import matplotlib.pyplot as plt
+
+    run = experiments.assign(minutes=experiments["train_seconds"] / 60, acc=100 * experiments["valid_acc"])
+    other = measured if measured is not None else pd.DataFrame(columns=["variant", "models", "valid_acc", "minutes"])
+    other = other.assign(acc=100 * other["valid_acc"].astype(float))
+    top = max(run["acc"].max(), other["acc"].max() if len(other) else 0)
+    bottom = min(run["acc"].min(), other["acc"].min() if len(other) else 100)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, low in zip(axes, (bottom - 0.2, top - 0.3)):  # everything, then the top 0.3 points of it
+        singles, ensembles = run[run["models"] == 1], run[run["models"] > 1]
+        ax.plot(singles["minutes"], singles["acc"], "o", color="black", label="this run: each model")
+        ax.plot(ensembles["minutes"], ensembles["acc"], "s-", color="black", label="this run: its first k models")
+        for _, row in ensembles.iterrows():
+            ax.annotate(str(row["models"]), (row["minutes"], row["acc"]), xytext=(0, 6), textcoords="offset points",
+                        ha="center", fontsize=8)
+        for n, (variant, points) in enumerate(other.groupby("variant", sort=False)):  # one model, then the ensemble
+            ax.plot(points["minutes"], points["acc"], "x:", color=f"C{n % 10}", markersize=7,
+                    label=f"{variant} (mean of {points['models'].max()} models, then together)")
+        ax.set(xlabel="training minutes", ylabel="validation accuracy (%)", ylim=(low, top + 0.05))
+        ax.grid(alpha=0.3)
+    for _, row in run[run["recipe"] == "reference"].iterrows():
+        axes[0].annotate("reference", (row["minutes"], row["acc"]), xytext=(6, -3), textcoords="offset points",
+                         fontsize=8)
+    axes[0].set_title("Accuracy against training time")
+    axes[1].set_title("The top of it")
+    axes[1].legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    return fig
+
 # --- The notebook's own code, outside the notebook ----------------------------------------
 
 

@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     when, where = time.strftime("%Y-%m-%d"), machine()
     print(f"{when}: {args.idea}: {len(args.seeds)} models x {args.epochs} epochs on {device} ({where}, torch "
           f"{torch.__version__}), {len(X_train)} training / {len(X_valid)} validation rows from {data_dir}", flush=True)
-    base = {"date": when, "machine": where, "idea": args.idea, "epochs": args.epochs, "command": command}
+    base = {"date": when, "machine": where, "device": device.type, "idea": args.idea, "epochs": args.epochs,
+            "command": command}
     rows, models, minutes = train_and_score(code, averager, args.seeds, args.epochs, X_train, y_train, X_valid,
                                             y_valid, fast, base)
 
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         for row in more:
             row["train_minutes"] = round(row["train_minutes"] + sum(minutes), 2)  # the first stage's cost too
         rows += more
-    columns = ["date", "machine", "idea", "seed", "models", "epochs", "weights", "tta", "valid_acc", "mistakes",
+    columns = ["date", "machine", "device", "idea", "seed", "models", "epochs", "weights", "tta", "valid_acc", "mistakes",
                "train_minutes", "command"]
     record([{column: row[column] for column in columns} for row in rows], args.results)
     print(f"appended {len(rows)} rows to {args.results}")

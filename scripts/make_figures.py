@@ -32,6 +32,7 @@ FIGURES = [  # (the cell's tag, which of its images, the file under docs/): what
     ("worst-errors", 0, "worst-errors.png"),
     ("augmentation", 0, "augmentation.png"),
     ("best-analysis", 2, "ensemble-learning-curves.png"),  # after the ensemble's confusion matrix and worst errors
+    ("accuracy-vs-minutes", 0, "accuracy-vs-minutes.png"),
 ]
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 

@@ -257,7 +257,7 @@ def test_an_interrupted_best_recipe_resumes_model_by_model_to_the_weights_of_an_
     write_train_csv(tmp_path / "train.csv", X, y)
     write_test_csv(tmp_path / "test.csv", learnable_digits(40, seed=1)[0])
     common = {"DATA_DIR": str(tmp_path), "EPOCHS": 1, "BATCH_SIZE": 25, "PROGRESS": False, "LOSS_LINES": False,
-              "RECIPE": "best", "BEST_EPOCHS": 3, "ENSEMBLE": 2}
+              "RECIPE": "best", "BEST_EPOCHS": 3, "ENSEMBLE": 2, "FINAL_FIT": True}
 
     whole = run_notebook_in_process({**common, "OUTPUT_DIR": str(tmp_path / "whole")}, until_tag="best-submission")
     cut = {**common, "OUTPUT_DIR": str(tmp_path / "cut")}

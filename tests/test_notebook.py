@@ -24,7 +24,7 @@ import make_figures  # noqa: E402
 PARAMETERS = {"DATA_DIR": None, "EPOCHS": 15, "BATCH_SIZE": 100, "LR": 1e-3, "VALID_SIZE": 0.2, "SEED": 42,
               "TRAIN_ROWS": None, "TEST_ROWS": None, "OUTPUT_DIR": None, "FAST": True,
               "PROGRESS": True, "LOSS_LINES": True, "RESUME": False, "DETERMINISTIC": False, "RECIPE": "reference",
-              "BEST_EPOCHS": 25, "BEST_LR": 3e-3, "ENSEMBLE": 3, "TTA": 0, "FINAL_FIT": True}
+              "BEST_EPOCHS": 25, "BEST_LR": 3e-3, "ENSEMBLE": 6, "TTA": 0, "FINAL_FIT": False}
 
 
 def run_notebook(tmp_path, **parameters):
@@ -166,12 +166,14 @@ def test_smoke_run_of_the_best_recipe_writes_its_submission_and_shows_the_analys
     write_train_csv(tmp_path / "train.csv", X, y)
     write_test_csv(tmp_path / "test.csv", make_digits(100, seed=1)[0])
     output_dir, executed = run_notebook(tmp_path, DATA_DIR=str(tmp_path), EPOCHS=1, RECIPE="best", BEST_EPOCHS=2,
-                                        ENSEMBLE=2, TTA=1, PROGRESS="lines")
+                                        ENSEMBLE=2, TTA=1, FINAL_FIT=True, PROGRESS="lines")
     check_submission_file(output_dir / "submission.csv", rows=100)
     check_submission_file(output_dir / "submission_reference.csv", rows=100)
     experiments = pd.read_csv(output_dir / "experiments.csv")
-    assert experiments["recipe"].tolist() == ["reference", "best, single model", "best, ensemble of 2 + 1 TTA"]
-    assert experiments["epochs"].tolist() == [1, 2, 2] and experiments["valid_acc_mean"].between(0, 1).all()
+    assert experiments["recipe"].tolist() == ["reference", "best, seed 43", "best, seed 44", "best, ensemble of 2 + 1 TTA"]
+    assert experiments["epochs"].tolist() == [1, 2, 2, 2] and experiments["valid_acc"].between(0, 1).all()
+    assert experiments["models"].tolist() == [1, 1, 1, 2]
+    assert np.isclose(experiments["train_seconds"].iloc[3], experiments["train_seconds"].iloc[1:3].sum())
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "model seed 43: validation accuracy" in text and "ensemble of 2 with 1 TTA passes" in text
     assert "refitted on all rows" in text
