@@ -20,6 +20,7 @@ import argparse
 import copy
 import functools
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         print(report(args.results).to_string(index=False))
         return
-    command = "python benchmarks/experiments.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "benchmarks/experiments.py", *(sys.argv[1:] if argv is None else argv)])
     device = get_device()
     fast = choose_fast_path(device)
     data_dir = find_data_dir(args.data_dir)
