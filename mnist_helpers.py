@@ -1152,7 +1152,6 @@ def plot_learning_curves(histories: dict[str, pd.DataFrame]):
     return fig
 
 
-
 def measured_points(measured: pd.DataFrame, device: str = "cpu") -> pd.DataFrame:
     """Per variant of an experiments table (benchmarks/experiments.tsv): its mean single model and largest ensemble."""
     rows = measured[measured["device"] == device]
@@ -1178,9 +1177,9 @@ def plot_accuracy_vs_minutes(experiments: pd.DataFrame, measured: pd.DataFrame |
     other = other.assign(acc=100 * other["valid_acc"].astype(float))
     top = max(run["acc"].max(), other["acc"].max() if len(other) else 0)
     bottom = min(run["acc"].min(), other["acc"].min() if len(other) else 100)
+    singles, ensembles = run[run["models"] == 1], run[run["models"] > 1]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, low in zip(axes, (bottom - 0.2, top - 0.3)):  # everything, then the top 0.3 points of it
-        singles, ensembles = run[run["models"] == 1], run[run["models"] > 1]
         ax.plot(singles["minutes"], singles["acc"], "o", color="black", label="this run: each model")
         ax.plot(ensembles["minutes"], ensembles["acc"], "s-", color="black", label="this run: its first k models")
         for _, row in ensembles.iterrows():
@@ -1199,6 +1198,7 @@ def plot_accuracy_vs_minutes(experiments: pd.DataFrame, measured: pd.DataFrame |
     axes[1].legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     return fig
+
 
 # --- The notebook's own code, outside the notebook ----------------------------------------
 
