@@ -736,28 +736,6 @@ def random_affine(images: torch.Tensor, degrees: float = 10.0, zoom: float = 0.1
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def elastic_distort(images: torch.Tensor, alpha: float = 34.0, sigma: float = 4.0,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """Simard et al.'s (2003) elastic distortion of (B, 1, H, W) images: a random field, Gaussian-smoothed, applied."""
-    batch, _, height, width = images.shape
-    # One uniform draw in [-1, 1) per pixel and axis, on the CPU so that a CPU generator can seed it: (B, 2, H, W).
-    field = (torch.rand(batch, 2, height, width, generator=generator) * 2 - 1).to(images.device, images.dtype)
-    radius = max(1, int(3 * sigma))
-    taps = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    kernel = torch.exp(-taps**2 / (2 * sigma**2))
-    kernel = kernel / kernel.sum()  # (2r+1,): a Gaussian that keeps the field's mean
-    # Smooth along rows, then columns (separable), each axis of the field on its own (groups=2): neighbours move
-    # together, so strokes bend instead of breaking up.
-    field = F.conv2d(field, kernel.view(1, 1, 1, -1).expand(2, 1, 1, -1), padding=(0, radius), groups=2)
-    field = F.conv2d(field, kernel.view(1, 1, -1, 1).expand(2, 1, -1, 1), padding=(radius, 0), groups=2)
-    # alpha scales the field to pixels; grid_sample's grid spans [-1, 1] across the image, so a pixel is 2 / size.
-    to_grid = torch.tensor([2 / width, 2 / height], device=images.device, dtype=images.dtype).view(1, 2, 1, 1)
-    identity = torch.eye(2, 3, device=images.device, dtype=images.dtype).expand(batch, 2, 3)
-    grid = F.affine_grid(identity, list(images.shape), align_corners=False)  # (B, H, W, 2): each pixel's own place
-    grid = grid + (alpha * field * to_grid).permute(0, 2, 3, 1)               # moved by the smoothed field
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
 def one_cycle_lrs(max_lr: float, epochs: int, steps_per_epoch: int) -> np.ndarray:
     """The learning rate at every step of torch's OneCycleLR with these settings (for plotting the schedule)."""
     optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=max_lr)

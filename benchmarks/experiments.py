@@ -5,8 +5,8 @@ It trains models exactly as the notebook's RECIPE="best" does (its own StrongerC
 read from digit_recognizer.ipynb), on the notebook's split (SEED, VALID_SIZE), one per --seeds value. An idea changes
 one piece of that recipe from outside (the augmentation, the loss, weight averaging) so that the notebook is changed
 only for the ideas that pay. Every model is scored on the same held-out validation images, alone and together,
-with its raw weights and (with --swa-from) its averaged ones, with and without a deterministic test-time pass over
-one-pixel shifts. No test labels are read. Each result is appended to --results, with the date, the machine and the
+with its raw weights and (with --swa-from, --ema, --snapshots) its averaged or kept ones, with and without a
+deterministic test-time pass over one-pixel shifts. No test labels are read. Each result is appended to --results, with the date, the machine and the
 command, so that the README's table and plot come from measured rows only.
 
     python benchmarks/experiments.py --idea baseline --seeds 43 44 45                     # about 13 min here
@@ -36,7 +36,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_DIR))
 
-from mnist_helpers import (choose_fast_path, csv_path, device_facts, elastic_distort, find_data_dir,  # noqa: E402
+from mnist_helpers import (choose_fast_path, csv_path, device_facts, find_data_dir,  # noqa: E402
                            get_device, load_test_csv, load_train_csv, predict_proba, random_affine, run_notebook_cells,
                            split_train_valid)
 
@@ -78,6 +78,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"append results here (default: {RESULTS.name})")
     parser.add_argument("--report", action="store_true", help="print the summary of --results and stop")
     return parser.parse_args(argv)
+
+
+def elastic_distort(images: torch.Tensor, alpha: float = 34.0, sigma: float = 4.0,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Simard et al.'s (2003) elastic distortion of (B, 1, H, W) images: a random field, Gaussian-smoothed, applied."""
+    batch, _, height, width = images.shape
+    # One uniform draw in [-1, 1) per pixel and axis, on the CPU so that a CPU generator can seed it: (B, 2, H, W).
+    field = (torch.rand(batch, 2, height, width, generator=generator) * 2 - 1).to(images.device, images.dtype)
+    radius = max(1, int(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernel = torch.exp(-taps**2 / (2 * sigma**2))
+    kernel = kernel / kernel.sum()  # (2r+1,): a Gaussian that keeps the field's mean
+    # Smooth along rows, then columns (separable), each axis of the field on its own (groups=2): neighbours move
+    # together, so strokes bend instead of breaking up.
+    field = F.conv2d(field, kernel.view(1, 1, 1, -1).expand(2, 1, 1, -1), padding=(0, radius), groups=2)
+    field = F.conv2d(field, kernel.view(1, 1, -1, 1).expand(2, 1, -1, 1), padding=(radius, 0), groups=2)
+    # alpha scales the field to pixels; grid_sample's grid spans [-1, 1] across the image, so a pixel is 2 / size.
+    to_grid = torch.tensor([2 / width, 2 / height], device=images.device, dtype=images.dtype).view(1, 2, 1, 1)
+    identity = torch.eye(2, 3, device=images.device, dtype=images.dtype).expand(batch, 2, 3)
+    grid = F.affine_grid(identity, list(images.shape), align_corners=False)  # (B, H, W, 2): each pixel's own place
+    grid = grid + (alpha * field * to_grid).permute(0, 2, 3, 1)               # moved by the smoothed field
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def shifted(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
