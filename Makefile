@@ -1,4 +1,4 @@
-# digit-recognizer: `make run` executes the notebook headless, `make test` runs the tests.
+# digit-recognizer: `make run` executes the notebook headless, `make test` runs the lint and the tests.
 # Both create .venv with the pinned requirements first. Notebook parameters pass through:
 #   DATA_DIR=../shared/digit-recognizer make run
 #   make run EPOCHS=1 TRAIN_ROWS=2000
@@ -11,6 +11,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-installed
 VENV_MIN ?= .venv-min
 STAMP_MIN := $(VENV_MIN)/.requirements-installed
+VENV_KAGGLE ?= .venv-kaggle
+STAMP_KAGGLE := $(VENV_KAGGLE)/.requirements-installed
+# Python 3.12, as in Kaggle's image: python3.12 on the PATH if it runs, else pyenv's newest 3.12.
+PYTHON_KAGGLE ?= $(shell for p in "$$(command -v python3.12)" $$(ls -rd $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12.*/bin/python3.12 \
+                   2>/dev/null); do [ -n "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' \
+                   2>/dev/null && echo "$$p" && break; done)
 NOTEBOOK := digit_recognizer.ipynb
 OUTPUT_DIR ?= output
 # Notebook parameters that `make run` (and `make figures`) hand to papermill when they are set; run: OUTPUT_DIR always.
@@ -19,34 +25,41 @@ PARAMETERS := DATA_DIR EPOCHS BATCH_SIZE LR VALID_SIZE SEED TRAIN_ROWS TEST_ROWS
 NOTEBOOK_PARAMETERS = $(strip $(foreach p,$(PARAMETERS),$(if $($(p)),-p $(p) '$($(p))')))
 PAPERMILL_PARAMETERS = -p OUTPUT_DIR '$(OUTPUT_DIR)' $(NOTEBOOK_PARAMETERS)
 
-.PHONY: help venv data run figures kernel lab test test-min bench gpu-check clean
+.PHONY: help venv data run figures kaggle kernel lab lint test test-min test-kaggle bench gpu-check clean
 
 help:  ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-# A virtual environment with a requirements file installed: $(call install,VENV,REQUIREMENTS)
+# A virtual environment with a requirements file installed: $(call install,PYTHON,VENV,REQUIREMENTS)
 define install
-	@test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
-	$(1)/bin/python -m pip install --disable-pip-version-check -q -r $(2)
-	@touch $(1)/.requirements-installed
+	@test -x $(2)/bin/python || $(1) -m venv $(2)
+	$(2)/bin/python -m pip install --disable-pip-version-check -q -r $(3)
+	@touch $(2)/.requirements-installed
 endef
 
 $(STAMP): requirements.txt
-	$(call install,$(VENV),requirements.txt)
+	$(call install,$(PYTHON),$(VENV),requirements.txt)
 
 $(STAMP_MIN): requirements-min.txt
-	$(call install,$(VENV_MIN),requirements-min.txt)
+	$(call install,$(PYTHON),$(VENV_MIN),requirements-min.txt)
+
+$(STAMP_KAGGLE): requirements-kaggle.txt
+	@test -n "$(PYTHON_KAGGLE)" || { echo "error: make test-kaggle needs Python 3.12 (python3.12 on the PATH, or pyenv's 3.12); set PYTHON_KAGGLE=/path/to/python3.12." >&2; exit 1; }
+	$(call install,$(PYTHON_KAGGLE),$(VENV_KAGGLE),requirements-kaggle.txt)
 
 venv: $(STAMP)  ## Create .venv and install the pinned requirements.
 
 data: $(STAMP)  ## Put train.csv and test.csv in data/: from Kaggle with credentials, else built from MNIST.
-	$(BIN)/python mnist_helpers.py download --data-dir data $(if $(MNIST),--mnist)
+	$(BIN)/python tools/get_data.py --data-dir data $(if $(MNIST),--mnist)
 
 run: $(STAMP)  ## Run the notebook headless, fetching the data first if there is none: output/submission.csv.
-	@$(BIN)/python scripts/run_notebook.py $(PAPERMILL_PARAMETERS)
+	@$(BIN)/python tools/run_notebook.py $(PAPERMILL_PARAMETERS)
 
-figures: $(STAMP)  ## A full RECIPE=best run (about 40 min on 2 CPU cores) into docs/: the executed notebook, README's figures.
-	@$(BIN)/python scripts/make_figures.py $(if $(FROM),--from '$(FROM)') $(NOTEBOOK_PARAMETERS)
+figures: $(STAMP)  ## A full RECIPE=best run (about 30 min on 2 CPU cores) into docs/: the executed notebook, its figures.
+	@$(BIN)/python tools/make_figures.py $(if $(FROM),--from '$(FROM)') $(NOTEBOOK_PARAMETERS)
+
+kaggle: $(STAMP)  ## Write kaggle/digit_recognizer.ipynb: the notebook with the helper inside, to import on Kaggle.
+	$(BIN)/python tools/make_kaggle.py
 
 kernel: $(STAMP)  ## Register .venv as the Jupyter kernel "digit-recognizer (.venv)", for JupyterLab and VS Code.
 	$(BIN)/python -m ipykernel install --user --name digit-recognizer --display-name "digit-recognizer (.venv)"
@@ -54,11 +67,17 @@ kernel: $(STAMP)  ## Register .venv as the Jupyter kernel "digit-recognizer (.ve
 lab: kernel  ## Open the notebook in JupyterLab (from .venv, with its kernel registered).
 	$(BIN)/jupyter lab $(NOTEBOOK)
 
-test: $(STAMP)  ## Run the test suite (about 3 minutes on 2 CPU cores).
+lint: $(STAMP)  ## ruff check: the helper, the notebook's code cells, tools, benchmarks and tests.
+	$(BIN)/ruff check
+
+test: lint  ## Lint, then the test suite (about 4 minutes on 2 CPU cores).
 	$(BIN)/python -m pytest
 
 test-min: $(STAMP_MIN)  ## The same suite under the oldest supported libraries (requirements-min.txt, in .venv-min).
 	$(VENV_MIN)/bin/python -m pytest
+
+test-kaggle: $(STAMP_KAGGLE)  ## The same suite under Kaggle's image: Python 3.12, torch 2.10 (requirements-kaggle.txt).
+	$(VENV_KAGGLE)/bin/python -m pytest
 
 bench: $(STAMP)  ## Benchmark plain vs fast training (--quick, about 40 s); BENCH_ARGS=--full for 15 epochs each.
 	$(BIN)/python benchmarks/bench_training.py $(or $(BENCH_ARGS),--quick)
@@ -66,5 +85,5 @@ bench: $(STAMP)  ## Benchmark plain vs fast training (--quick, about 40 s); BENC
 gpu-check: $(STAMP)  ## On a CUDA machine: GPU tests, benchmark and timed runs (under 8 min); JSON + table in output/gpu-check/.
 	$(BIN)/python benchmarks/gpu_check.py --out "$(OUTPUT_DIR)/gpu-check" $(if $(DATA_DIR),--data-dir '$(DATA_DIR)')
 
-clean:  ## Remove outputs and caches (keeps .venv and data/).
-	rm -rf $(OUTPUT_DIR) .pytest_cache __pycache__ tests/__pycache__
+clean:  ## Remove outputs and caches (keeps the virtual environments and data/).
+	rm -rf $(OUTPUT_DIR) .pytest_cache .ruff_cache __pycache__ tests/__pycache__ tools/__pycache__ benchmarks/__pycache__

@@ -2,7 +2,7 @@
 """Benchmark the plain reference pipeline (a) against the project's default fast pipeline (b).
 
 (a) TensorDataset + DataLoader at batch 100, fp32, contiguous, each batch copied to the device.
-(b) choose_fast_path(device): autocast (bf16 / fp16), channels_last, data kept on the device.
+(b) choose_runtime(device): autocast (bf16 / fp16), channels_last, batches kept on the device.
 
 Both train the notebook's own TwoConvCNN with the notebook's own train_one_epoch and evaluate
 (read from digit_recognizer.ipynb), from the same initial weights, on the same data and split.
@@ -35,11 +35,23 @@ import torch
 from torch import nn
 
 REPO_DIR = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_DIR))
+sys.path[:0] = [str(REPO_DIR), str(REPO_DIR / "tools")]
 
-from mnist_helpers import (PIXEL_COLUMNS, TRAIN_COLUMNS, FastPath, choose_fast_path, csv_path,  # noqa: E402
-                           data_dir_candidates, get_device, load_test_csv, load_train_csv, make_loaders,
-                           predict, run_notebook_cells, seed_everything, split_train_valid)
+from mnist_helpers import (
+    PIXEL_COLUMNS,
+    TRAIN_COLUMNS,
+    Runtime,
+    choose_runtime,
+    data_dir_candidates,
+    get_device,
+    load_test_csv,
+    load_train_csv,
+    make_loaders,
+    predict,
+    seed_everything,
+    split_train_valid,
+)
+from notebook_cells import run_notebook_cells
 
 NOTEBOOK = REPO_DIR / "digit_recognizer.ipynb"
 BATCH_SIZE, LR, VALID_SIZE, SEED = 100, 1e-3, 0.2, 42  # the reference recipe, as in the notebook
@@ -84,7 +96,8 @@ def find_csvs(data_dir: str | None) -> tuple[Path, Path, str]:
         *([Path(os.environ["DATA_DIR"])] if os.environ.get("DATA_DIR") else []),
         REPO_DIR.parent / "shared" / "digit-recognizer", *data_dir_candidates()]
     for folder in candidates:
-        train, test = csv_path(folder, "train.csv"), csv_path(folder, "test.csv")
+        train, test = (next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), folder / name)
+                       for name in ("train.csv", "test.csv"))
         if train.is_file() and test.is_file():
             return train, test, f"real digits from {folder}"
     if data_dir:
@@ -123,14 +136,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def new_model(code: dict, fast: FastPath) -> tuple[nn.Module, torch.optim.Optimizer, torch.amp.GradScaler]:
+def new_model(code: dict, fast: Runtime) -> tuple[nn.Module, torch.optim.Optimizer, torch.amp.GradScaler]:
     """The notebook's model with the seed's initial weights, its Adam optimizer and the fast path's scaler."""
     seed_everything(SEED)
     model = fast.prepare_model(code["TwoConvCNN"]())
     return model, torch.optim.Adam(model.parameters(), lr=LR), fast.grad_scaler()
 
 
-def train_images_per_second(code: dict, fast: FastPath, X: np.ndarray, y: np.ndarray, images: int) -> float:
+def train_images_per_second(code: dict, fast: Runtime, X: np.ndarray, y: np.ndarray, images: int) -> float:
     """Training throughput of one pipeline: a short warm-up epoch, then one timed epoch of `images` images."""
     model, optimizer, scaler = new_model(code, fast)
     loss_fn = nn.CrossEntropyLoss()
@@ -145,7 +158,7 @@ def train_images_per_second(code: dict, fast: FastPath, X: np.ndarray, y: np.nda
     return images / (time.perf_counter() - start)
 
 
-def predict_seconds(model: nn.Module, X_test: np.ndarray, fast: FastPath) -> float:
+def predict_seconds(model: nn.Module, X_test: np.ndarray, fast: Runtime) -> float:
     """Seconds to predict every test image with the fast path's batch size (after a one-batch warm-up)."""
     predict(model, X_test[:fast.predict_batch_size], fast)
     sync(fast.device)
@@ -155,7 +168,7 @@ def predict_seconds(model: nn.Module, X_test: np.ndarray, fast: FastPath) -> flo
     return time.perf_counter() - start
 
 
-def train_full(code: dict, fast: FastPath, split: tuple, epochs: int) -> dict:
+def train_full(code: dict, fast: Runtime, split: tuple, epochs: int) -> dict:
     """Train one pipeline for `epochs` epochs as the notebook does; accuracy per epoch and wall time."""
     X_train, X_valid, y_train, y_valid = split
     model, optimizer, scaler = new_model(code, fast)
@@ -172,7 +185,7 @@ def train_full(code: dict, fast: FastPath, split: tuple, epochs: int) -> dict:
             "best_epoch": int(np.argmax(accuracies)) + 1, "seconds": wall, "images_per_s": epochs * len(X_train) / wall}
 
 
-def describe(device: torch.device, fast: FastPath) -> str:
+def describe(device: torch.device, fast: Runtime) -> str:
     """The device's name, the torch version and what the fast path does there."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -190,7 +203,7 @@ def main() -> None:
     """Run the benchmark and print a report whose last line is `speedup: X.XX`."""
     args = parse_args()
     device = torch.device(args.device) if args.device else get_device()
-    plain, fast = choose_fast_path(device, enabled=False), choose_fast_path(device)
+    plain, fast = choose_runtime(device, fast=False), choose_runtime(device)
     train, test, source = find_csvs(args.data_dir)
     print(f"bench_training.py {'--full' if args.full else '--quick'}, {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(describe(device, fast))
@@ -227,7 +240,8 @@ def main() -> None:
             run = train_full(code, path, split, args.epochs)
             models[name] = run.pop("model")
             report[f"full_{name}"] = run
-            print(f"  ({name}) final {100 * run['final']:.2f}%, best {100 * run['best']:.2f}% (epoch {run['best_epoch']}), "
+            print(f"  ({name}) final {100 * run['final']:.2f}%, best {100 * run['best']:.2f}% "
+                  f"(epoch {run['best_epoch']}), "
                   f"{run['seconds']:.0f} s ({run['images_per_s']:.0f} images/s)")
             print(f"      valid acc per epoch: {' '.join(f'{100 * a:.2f}' for a in run['valid_acc'])}", flush=True)
         gap = 100 * (report["full_b"]["final"] - report["full_a"]["final"])

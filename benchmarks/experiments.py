@@ -1,13 +1,14 @@
 #!/usr/bin/env python
-"""Experiments behind README's "Experiments" table: the "best" recipe's models, and ideas measured against them.
+"""Experiments behind docs/experiments.md: the "best" recipe's models, and ideas measured against them.
 
-It trains models exactly as the notebook's RECIPE="best" does (its own StrongerCNN, train_member and train_one_epoch,
-read from digit_recognizer.ipynb), on the notebook's split (SEED, VALID_SIZE), one per --seeds value. An idea changes
-one piece of that recipe from outside (the augmentation, the loss, weight averaging) so that the notebook is changed
-only for the ideas that pay. Every model is scored on the same held-out validation images, alone and together,
-with its raw weights and (with --swa-from, --ema, --snapshots) its averaged or kept ones, with and without a
-deterministic test-time pass over one-pixel shifts. No test labels are read. Each result is appended to --results, with the date, the machine and the
-command, so that the README's table and plot come from measured rows only.
+It trains models exactly as the notebook's RECIPE="best" does (its own Recipe, StrongerCNN, train_member and
+train_one_epoch, read from digit_recognizer.ipynb), on the notebook's split (SEED, VALID_SIZE), one per --seeds value.
+An idea changes one field of that Recipe (the network, the augmentation, the loss, the epoch function that averages
+the weights), passed to train_member as an argument, so that the notebook is changed only for the ideas that pay.
+Every model is scored on the same held-out validation images, alone and together, with its raw weights and (with
+--swa-from, --ema, --snapshots) its averaged or kept ones, with and without a deterministic test-time pass over
+one-pixel shifts. No test labels are read. Each result is appended to --results, with the date, the machine and the
+command, so that docs/experiments.md's table and plot come from measured rows only.
 
     python benchmarks/experiments.py --idea baseline --seeds 43 44 45                     # about 13 min here
     python benchmarks/experiments.py --idea elastic --elastic 34 4 --swa-from 20 --seeds 43 44 45
@@ -34,11 +35,19 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 REPO_DIR = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_DIR))
+sys.path[:0] = [str(REPO_DIR), str(REPO_DIR / "tools")]
 
-from mnist_helpers import (choose_fast_path, csv_path, device_facts, find_data_dir,  # noqa: E402
-                           get_device, load_test_csv, load_train_csv, predict_proba, random_affine, run_notebook_cells,
-                           split_train_valid)
+from mnist_helpers import (
+    choose_runtime,
+    find_data_dir,
+    get_device,
+    load_test_csv,
+    load_train_csv,
+    predict_proba,
+    random_affine,
+    split_train_valid,
+)
+from notebook_cells import run_notebook_cells
 
 NOTEBOOK = REPO_DIR / "digit_recognizer.ipynb"
 RESULTS = REPO_DIR / "benchmarks" / "experiments.tsv"  # tab-separated: results, not data
@@ -52,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", help="folder with train.csv (default: as the notebook searches, $DATA_DIR first)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[43, 44, 45],
                         help="one model per seed (default: 43 44 45, the notebook's SEED + 1, 2, 3)")
-    parser.add_argument("--epochs", type=int, default=25, help="epochs per model (default: 25, the notebook's BEST_EPOCHS)")
+    parser.add_argument("--epochs", type=int, default=25,
+                        help="epochs per model (default: 25, the notebook's BEST_EPOCHS)")
     parser.add_argument("--lr", type=float, default=3e-3, help="one-cycle peak learning rate (default: 3e-3)")
     parser.add_argument("--split-seed", type=int, default=42, help="the notebook's SEED, for the split (default: 42)")
     parser.add_argument("--train-rows", type=int, help="use only the first N rows of train.csv (default: all)")
@@ -208,15 +218,16 @@ def result(base: dict, seed: str, models: int, weights: str, tta: str, proba: np
             "valid_acc": 1 - wrong / len(y_valid), "mistakes": wrong, "train_minutes": round(minutes, 2)}
 
 
-def train_and_score(code: dict, averager: WeightAverager, seeds: list[int], epochs: int, X_pool: np.ndarray,
-                    y_pool: np.ndarray, X_valid: np.ndarray, y_valid: np.ndarray, fast, base: dict
+def train_and_score(code: dict, recipe, averager: WeightAverager, seeds: list[int], X_pool: np.ndarray,
+                    y_pool: np.ndarray, X_valid: np.ndarray, y_valid: np.ndarray, fast, output_dir: Path, base: dict
                     ) -> tuple[list[dict], list[nn.Module], list[float]]:
     """One model per seed, as the notebook trains them; each version scored alone, and the first k models together."""
     probas: dict[tuple[str, str], list[np.ndarray]] = {}
     rows, models, minutes = [], [], []
     for seed in seeds:
         averager.new_model()
-        model, history = code["train_member"](seed, X_pool, y_pool, epochs, X_valid, y_valid)
+        model, history = code["train_member"](seed, recipe, X_pool, y_pool, X_valid, y_valid, fast, output_dir,
+                                              resume=False, progress="lines")
         models.append(model)
         minutes.append(history["seconds"].sum() / 60)
         for weights, versions in averager.weights(model).items():
@@ -245,49 +256,52 @@ def main(argv: list[str] | None = None) -> None:
         return
     command = shlex.join(["python", "benchmarks/experiments.py", *(sys.argv[1:] if argv is None else argv)])
     device = get_device()
-    fast = choose_fast_path(device)
+    fast = choose_runtime(device)
     data_dir = find_data_dir(args.data_dir)
-    X_all, y_all = load_train_csv(csv_path(data_dir, "train.csv"), max_rows=args.train_rows)
+    X_all, y_all = load_train_csv(data_dir / "train.csv", max_rows=args.train_rows)
     X_train, X_valid, y_train, y_valid = split_train_valid(X_all, y_all, 0.2, args.split_seed)
     if args.train_fraction < 1:  # fewer training rows, the same validation images
-        keep = np.random.default_rng(args.split_seed).permutation(len(X_train))[:int(args.train_fraction * len(X_train))]
+        order = np.random.default_rng(args.split_seed).permutation(len(X_train))
+        keep = order[:int(args.train_fraction * len(X_train))]
         X_train, y_train = X_train[keep], y_train[keep]
 
     code = run_notebook_cells(NOTEBOOK, "imports", "model", "train-loop", "model-best", "best-recipe")
     scratch = tempfile.TemporaryDirectory(prefix="experiments-")  # train_member's checkpoints
     averager = WeightAverager(code["train_one_epoch"], args.swa_from, args.ema, args.snapshots)
-    code.update(BATCH_SIZE=100, BEST_LR=args.lr, PROGRESS="lines", fast=fast, SEED=args.split_seed, VALID_SIZE=0.2,
-                TRAIN_ROWS=args.train_rows, FAST=True, RESUME=False, facts=device_facts(device),
-                output_dir=Path(scratch.name), train_one_epoch=averager,
-                StrongerCNN=functools.partial(code["StrongerCNN"], width=args.width),
-                loss_fn=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing))
+    augment = random_affine
     if args.elastic:  # the notebook's augmentation, then an elastic distortion drawn from the same generator
         alpha, sigma = args.elastic
-        code["random_affine"] = lambda xb, generator=None: elastic_distort(
-            random_affine(xb, generator=generator), alpha, sigma, generator=generator)
+
+        def augment(xb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+            return elastic_distort(random_affine(xb, generator=generator), alpha, sigma, generator=generator)
+
+    # The notebook's Recipe with this run's changes, each passed as an argument: nothing of the notebook is replaced.
+    recipe = code["Recipe"](epochs=args.epochs, lr=args.lr, batch_size=100,
+                            make_model=functools.partial(code["StrongerCNN"], width=args.width), augment=augment,
+                            loss_fn=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), train_epoch=averager)
     when, where = time.strftime("%Y-%m-%d"), machine()
     print(f"{when}: {args.idea}: {len(args.seeds)} models x {args.epochs} epochs on {device} ({where}, torch "
           f"{torch.__version__}), {len(X_train)} training / {len(X_valid)} validation rows from {data_dir}", flush=True)
     base = {"date": when, "machine": where, "device": device.type, "idea": args.idea, "epochs": args.epochs,
             "command": command}
-    rows, models, minutes = train_and_score(code, averager, args.seeds, args.epochs, X_train, y_train, X_valid,
-                                            y_valid, fast, base)
+    rows, models, minutes = train_and_score(code, recipe, averager, args.seeds, X_train, y_train, X_valid, y_valid,
+                                            fast, Path(scratch.name), base)
 
     if args.pseudo_label is not None:  # stage 2: the test images the first ensemble is surest of, under its labels
-        X_test = load_test_csv(csv_path(data_dir, "test.csv"))
+        X_test = load_test_csv(data_dir / "test.csv")
         test_proba = np.mean([predict_proba(model, X_test, fast) for model in models], axis=0)  # (M, 10)
         sure = test_proba.max(axis=1) >= args.pseudo_label
         print(f"pseudo-labels: {sure.sum()} of {len(X_test)} test images at probability >= {args.pseudo_label:g}",
               flush=True)
         X_more, y_more = np.concatenate([X_train, X_test[sure]]), np.concatenate([y_train, test_proba[sure].argmax(1)])
-        more, _, _ = train_and_score(code, averager, args.seeds, args.epochs, X_more, y_more.astype(y_train.dtype),
-                                     X_valid, y_valid, fast,
+        more, _, _ = train_and_score(code, recipe, averager, args.seeds, X_more, y_more.astype(y_train.dtype),
+                                     X_valid, y_valid, fast, Path(scratch.name),
                                      {**base, "idea": f"{args.idea} + pseudo-labels {args.pseudo_label:g}"})
         for row in more:
             row["train_minutes"] = round(row["train_minutes"] + sum(minutes), 2)  # the first stage's cost too
         rows += more
-    columns = ["date", "machine", "device", "idea", "seed", "models", "epochs", "weights", "tta", "valid_acc", "mistakes",
-               "train_minutes", "command"]
+    columns = ["date", "machine", "device", "idea", "seed", "models", "epochs", "weights", "tta", "valid_acc",
+               "mistakes", "train_minutes", "command"]
     record([{column: row[column] for column in columns} for row in rows], args.results)
     print(f"appended {len(rows)} rows to {args.results}")
 

@@ -2,12 +2,12 @@
 """One check of the whole project on a CUDA GPU, in under 8 minutes on a datacenter card.
 
 Stages, in this order, each in its own process with its own time limit (the JSON says which ran and how it ended):
-  1. facts:     the GPU, its compute capability, this PyTorch's arch list, and what get_device / choose_fast_path pick;
+  1. facts:     the GPU, its compute capability, this PyTorch's arch list, and what get_device / choose_runtime pick;
   2. tests:     `pytest -m gpu tests/test_gpu.py` (autocast steps, DeviceBatches, prediction vs the CPU,
                 checkpoint resume, a real out-of-memory error);
   3. reference: the notebook run headless (papermill) with its defaults: the reference model's 15 epochs, timed;
   4. bench:     `benchmarks/bench_training.py --full` on the GPU;
-  5. best:      the notebook with RECIPE="best" (3 models x 25 epochs, then the final fit), timed, with its
+  5. best:      the notebook with RECIPE="best" (its ensemble of validated models), timed, with its
                 validation accuracy.
 It writes gpu-check.json and gpu-check.txt (a short table) to --out, after every stage.
 
@@ -32,7 +32,7 @@ import torch
 REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_DIR))
 
-from mnist_helpers import choose_fast_path, device_facts, find_data_dir, get_device  # noqa: E402
+from mnist_helpers import choose_runtime, device_facts, find_data_dir, get_device
 
 NOTEBOOK = REPO_DIR / "digit_recognizer.ipynb"
 STAGE_LIMITS = {"tests": 150, "reference": 150, "bench": 200, "best": 420}  # seconds, each at most
@@ -57,10 +57,11 @@ def parse_args() -> argparse.Namespace:
 def facts() -> dict:
     """What the hardware reports, what PyTorch would say about bf16, and what the project picks."""
     device = get_device()
-    fast = choose_fast_path(device)
+    fast = choose_runtime(device)
     report = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
               "arch_list": torch.cuda.get_arch_list(), "device": str(device), **device_facts(device),
-              "precision": fast.precision, "grad_scaler": fast.uses_grad_scaler, "channels_last": fast.channels_last,
+              "precision": fast.precision, "grad_scaler": fast.amp_dtype == torch.float16,
+              "channels_last": fast.channels_last,
               "data_on_device": fast.data_on_device, "cudnn_benchmark": fast.cudnn_benchmark,
               "predict_batch_size": fast.predict_batch_size}
     for package in ("numpy", "pandas", "matplotlib", "sklearn", "papermill", "torchinfo"):
@@ -116,7 +117,7 @@ def papermill(out: Path, name: str, data_dir: Path, limit: float, **parameters) 
                       valid_acc_best=round(100 * float(frame["valid_acc"].max()), 2))
     for key, pattern in (("device_line", r"device: .*"), ("fast_path_line", r"fast path: .*"),
                          ("ensemble_line", r"ensemble of \d+.*validation accuracy.*"),
-                         ("final_fit_seconds", r"final fit (\d+) s"), ("member_lines", r"model seed \d+: .*")):
+                         ("member_lines", r"model seed \d+: .*")):
         found = re.findall(pattern, text)
         if found:
             result[key] = found if key == "member_lines" else found[0]
@@ -153,20 +154,23 @@ def table(report: dict) -> str:
     f, lines = report.get("facts", {}), []
     lines.append(f"GPU check, {report['date']}: {f.get('DEVICE_NAME')} (compute capability {f.get('CAPABILITY')}), "
                  f"torch {f.get('torch')}, CUDA {f.get('cuda')}, cuDNN {f.get('cudnn')}")
-    lines.append(f"  picks: device {f.get('device')}, autocast {f.get('precision')}, GradScaler {f.get('grad_scaler')}, "
+    lines.append(f"  picks: device {f.get('device')}, autocast {f.get('precision')}, "
+                 f"GradScaler {f.get('grad_scaler')}, "
                  f"channels_last {f.get('channels_last')} (torch.cuda.is_bf16_supported(): {f.get('torch_says_bf16')})")
     for name, stage in report.get("stages", {}).items():
         summary = {key: stage[key] for key in ("rc", "seconds", "tests", "failures", "errors", "skipped", "epochs",
                                                "train_seconds", "valid_acc_final", "valid_acc_best",
-                                               "final_fit_seconds", "speedup") if key in stage}
+                                               "speedup") if key in stage}
         lines.append(f"  {name:<10} {summary}")
         for key in ("ensemble_line", "member_lines"):
             if key in stage:
-                lines += [f"             {line}" for line in ([stage[key]] if isinstance(stage[key], str) else stage[key])]
+                found = [stage[key]] if isinstance(stage[key], str) else stage[key]
+                lines += [f"             {line}" for line in found]
         for pipeline in ("full_a", "full_b"):
             if pipeline in stage:
                 run_ = stage[pipeline]
-                lines.append(f"             ({pipeline[-1]}) {len(run_['valid_acc'])} epochs {run_['seconds']:.1f} s, final "
+                lines.append(f"             ({pipeline[-1]}) {len(run_['valid_acc'])} epochs "
+                             f"{run_['seconds']:.1f} s, final "
                              f"{100 * run_['final']:.2f}%, {run_['images_per_s']:.0f} images/s")
         if "predict_seconds" in stage:
             lines.append("             predict the test images: " + ", ".join(

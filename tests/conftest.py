@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from mnist_helpers import PIXEL_COLUMNS, TRAIN_COLUMNS
+from notebook_cells import notebook_code_cells, run_notebook_cells
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO_DIR / "digit_recognizer.ipynb"
 SHARED_DATA_DIR = Path(os.environ.get("SHARED_DATA_DIR", REPO_DIR.parent / "shared" / "digit-recognizer"))
-sys.path.insert(0, str(REPO_DIR))
-
-from mnist_helpers import PIXEL_COLUMNS, TRAIN_COLUMNS, notebook_code_cells, run_notebook_cells  # noqa: E402
 
 needs_shared_data = pytest.mark.skipif(
     not (SHARED_DATA_DIR / "train.csv").is_file(),
@@ -41,10 +40,8 @@ def learnable_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images.reshape(n, 784), y.astype(np.int64)
 
 
-def centre_of_mass(images: "torch.Tensor") -> "torch.Tensor":
+def centre_of_mass(images: torch.Tensor) -> torch.Tensor:
     """(B, 2) row and column of each (B, 1, 28, 28) image's centre of mass, in pixels (pixel i's centre is at i)."""
-    import torch
-
     grid = torch.arange(28, dtype=images.dtype)
     mass = images.sum(dim=(1, 2, 3))
     rows = (images.sum(dim=(1, 3)) * grid).sum(1) / mass
@@ -116,8 +113,6 @@ def fake_gpu(monkeypatch):
     """
     import types
 
-    import torch
-
     def install(capability: tuple[int, int], name: str = "Fake GPU", arch_list: list[str] = KAGGLE_CU128_ARCHS):
         properties = types.SimpleNamespace(major=capability[0], minor=capability[1], name=name,
                                            total_memory=16 * 2**30, multi_processor_count=40)
@@ -125,7 +120,7 @@ def fake_gpu(monkeypatch):
         monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
         monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
         monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(arch_list))
-        monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)  # a bf16 tensor can be made
+        monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)  # a bf16 tensor: yes
         return properties
 
     return install

@@ -8,8 +8,7 @@ import subprocess
 import sys
 
 from conftest import REPO_DIR, make_digits, write_test_csv, write_train_csv
-
-from mnist_helpers import choose_fast_path, get_device
+from mnist_helpers import choose_runtime, get_device
 
 
 def test_quick_benchmark_reports_every_figure_and_ends_with_the_speedup(tmp_path):
@@ -54,7 +53,7 @@ def test_gpu_check_runs_every_stage_and_writes_its_report(tmp_path):
     report = json.loads((out / "gpu-check.json").read_text())
     device = get_device()
     assert report["facts"]["device"] == str(device)
-    assert report["facts"]["precision"] == choose_fast_path(device).precision
+    assert report["facts"]["precision"] == choose_runtime(device).precision
     stages = report["stages"]
     assert [stages[name]["rc"] for name in ("tests", "reference", "bench", "best")] == [0, 0, 0, 0], stages
     assert stages["tests"]["tests"] == 7 and stages["tests"]["failures"] == stages["tests"]["errors"] == 0

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
+import zlib
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import learnable_digits, make_digits, run_notebook_in_process, write_test_csv, write_train_csv
 from torch import nn
 
-import mnist_helpers
-from mnist_helpers import load_checkpoint, save_checkpoint
+import mnist_helpers as mh
+from conftest import learnable_digits, make_digits, run_notebook_in_process, write_test_csv, write_train_csv
 
 
 def small_training_objects(seed: int = 0):
@@ -32,20 +33,30 @@ def step(model, optimizer, scheduler):
     scheduler.step()
 
 
-def test_checkpoint_round_trip_restores_weights_optimizer_scheduler_history_and_rng(tmp_path):
+def refusal(path, name: str, written: str, has: str, on: str = "") -> str:
+    """The one line TrainingCheckpoint.load raises for a config entry that differs."""
+    return (f"{path}: was written with {name}={written}{on} but this run has {name}={has}; resume with the same "
+            "parameters and the same kind of device, or RESUME=False to start over.")
+
+
+def test_checkpoint_round_trip_restores_weights_optimizer_scheduler_history_and_rng(tmp_path, capsys):
     model, optimizer, scheduler = small_training_objects()
     generator = torch.Generator().manual_seed(5)
     step(model, optimizer, scheduler)
     history = [{"epoch": 1, "valid_acc": 0.5}]
-    path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 1, history, generator,
-                           scheduler=scheduler, config={"SEED": 1})
+    path = mh.TrainingCheckpoint(tmp_path / "checkpoint.pt", model, optimizer, scheduler=scheduler,
+                                 generators=generator, config={"SEED": 1, "EPOCHS": 4}).save(1, history)
+    assert path == tmp_path / "checkpoint.pt"
     expected = (random.random(), np.random.rand(), torch.rand(2).tolist(), torch.rand(2, generator=generator).tolist())
 
     fresh, fresh_optimizer, fresh_scheduler = small_training_objects(seed=99)
     fresh_generator = torch.Generator().manual_seed(0)
-    epoch, restored = load_checkpoint(path, fresh, fresh_optimizer, fresh_generator, scheduler=fresh_scheduler,
-                                      config={"SEED": 1})
-    assert epoch == 1 and restored == history
+    capsys.readouterr()
+    restored = mh.TrainingCheckpoint(path, fresh, fresh_optimizer, scheduler=fresh_scheduler,
+                                     generators=fresh_generator, config={"SEED": 1, "EPOCHS": 4}).load()
+    assert restored == history
+    assert capsys.readouterr().out == f"resumed from {path}: 1 of 4 epochs already done\n"
+    assert torch.load(path, weights_only=True)["epoch"] == 1
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
     assert fresh_optimizer.state_dict()["state"][0]["step"] == 1
     assert fresh_scheduler.last_epoch == 1 and fresh_optimizer.param_groups[0]["lr"] == pytest.approx(9e-3)
@@ -55,32 +66,35 @@ def test_checkpoint_round_trip_restores_weights_optimizer_scheduler_history_and_
 
 def test_resuming_with_other_parameters_is_refused_in_one_line(tmp_path):
     model, optimizer, _ = small_training_objects()
-    path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 2, [], config={"EPOCHS": 15, "LR": 0.001})
+    path = mh.TrainingCheckpoint(tmp_path / "checkpoint.pt", model, optimizer,
+                                 config={"EPOCHS": 15, "LR": 0.001}).save(2, [])
     with pytest.raises(ValueError) as error:
-        load_checkpoint(path, model, optimizer, config={"EPOCHS": 15, "LR": 0.01})
-    message = str(error.value)
-    assert message == (f"{path}: was written with LR=0.001 but this run has LR=0.01; resume with the same "
-                       "parameters and the same kind of device, or RESUME=False to start over.")
+        mh.TrainingCheckpoint(path, model, optimizer, config={"EPOCHS": 15, "LR": 0.01}).load()
+    assert str(error.value) == refusal(path, "LR", "0.001", "0.01")
 
 
-def test_a_checkpoint_from_another_precision_is_refused_in_one_line_naming_its_device(tmp_path):
+def test_a_checkpoint_from_another_precision_is_refused_in_one_line_naming_its_device(tmp_path, monkeypatch):
     # Written on a T4 (fp16, with an active GradScaler), resumed where bf16 needs no scaler, and the reverse.
+    # The runtimes are the CPU's, with the GPUs' precisions; device_facts says which GPU wrote the file.
     model, optimizer, _ = small_training_objects()
     fp16_scaler, no_scaler = torch.amp.GradScaler("cpu", init_scale=1024.0), torch.amp.GradScaler("cpu", enabled=False)
-    t4 = {"PRECISION": "float16", "DEVICE_NAME": "Tesla T4", "CAPABILITY": "7.5"}
-    path = save_checkpoint(tmp_path / "t4.pt", model, optimizer, 1, [], scaler=fp16_scaler, config={"SEED": 1, **t4})
+    fp16 = mh.Runtime(torch.device("cpu"), fast=True, amp_dtype=torch.float16)
+    bf16 = mh.Runtime(torch.device("cpu"), fast=True, amp_dtype=torch.bfloat16)
+    monkeypatch.setattr(mh, "device_facts", lambda device: {"DEVICE_NAME": "Tesla T4", "CAPABILITY": "7.5"})
+    path = mh.TrainingCheckpoint(tmp_path / "t4.pt", model, optimizer, scaler=fp16_scaler, config={"SEED": 1},
+                                 runtime=fp16).save(1, [])
+    assert torch.load(path, weights_only=True)["config"] == {"SEED": 1, "FAST": True, "PRECISION": "float16",
+                                                             "DEVICE_NAME": "Tesla T4", "CAPABILITY": "7.5"}
     with pytest.raises(ValueError) as error:
-        load_checkpoint(path, model, optimizer, scaler=no_scaler, config={"SEED": 1, "PRECISION": "bfloat16"})
-    assert str(error.value) == (f"{path}: was written with PRECISION='float16' on Tesla T4 but this run has "
-                                "PRECISION='bfloat16'; resume with the same parameters and the same kind of device, "
-                                "or RESUME=False to start over.")
-    l4 = {"PRECISION": "bfloat16", "DEVICE_NAME": "NVIDIA L4", "CAPABILITY": "8.9"}
-    path = save_checkpoint(tmp_path / "l4.pt", model, optimizer, 1, [], scaler=no_scaler, config=l4)
+        mh.TrainingCheckpoint(path, model, optimizer, scaler=no_scaler, config={"SEED": 1}, runtime=bf16).load()
+    assert str(error.value) == refusal(path, "PRECISION", "'float16'", "'bfloat16'", on=" on Tesla T4")
+    monkeypatch.setattr(mh, "device_facts", lambda device: {"DEVICE_NAME": "NVIDIA L4", "CAPABILITY": "8.9"})
+    path = mh.TrainingCheckpoint(tmp_path / "l4.pt", model, optimizer, scaler=no_scaler, runtime=bf16).save(1, [])
     with pytest.raises(ValueError, match=r"PRECISION='bfloat16' on NVIDIA L4 but this run has PRECISION='float16'"):
-        load_checkpoint(path, model, optimizer, scaler=fp16_scaler, config={"PRECISION": "float16"})
+        mh.TrainingCheckpoint(path, model, optimizer, scaler=fp16_scaler, runtime=fp16).load()
     # Unchecked, that second resume dies inside the scaler instead, with no word of the cause:
     with pytest.raises(RuntimeError, match="saved from a disabled instance of GradScaler"):
-        load_checkpoint(path, model, optimizer, scaler=fp16_scaler)
+        mh.TrainingCheckpoint(path, model, optimizer, scaler=fp16_scaler).load()
 
 
 def test_a_grad_scaler_with_a_non_default_state_round_trips(tmp_path):
@@ -88,9 +102,9 @@ def test_a_grad_scaler_with_a_non_default_state_round_trips(tmp_path):
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=7)
     scaler.scale(torch.tensor(1.0))
     scaler.update(new_scale=123.0)  # as after steps whose gradients overflowed
-    path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 1, [], scaler=scaler)
+    path = mh.TrainingCheckpoint(tmp_path / "checkpoint.pt", model, optimizer, scaler=scaler).save(1, [])
     fresh = torch.amp.GradScaler("cpu")
-    load_checkpoint(path, model, optimizer, scaler=fresh)
+    mh.TrainingCheckpoint(path, model, optimizer, scaler=fresh).load()
     assert fresh.get_scale() == 123.0 and fresh.get_growth_interval() == 7
 
 
@@ -100,7 +114,7 @@ def test_a_damaged_checkpoint_gets_one_line(tmp_path, content):
     path.write_bytes(content)
     model, optimizer, _ = small_training_objects()
     with pytest.raises(ValueError, match=r"is not a readable checkpoint \(\w+\); delete it, or run with RESUME=False"):
-        load_checkpoint(path, model, optimizer)
+        mh.TrainingCheckpoint(path, model, optimizer).load()
 
 
 class Payload:
@@ -112,23 +126,28 @@ class Payload:
 
 def test_checkpoints_load_with_weights_only(tmp_path, capsys):
     model, optimizer, _ = small_training_objects()
-    path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 1, [])
+    path = mh.TrainingCheckpoint(tmp_path / "checkpoint.pt", model, optimizer).save(1, [])
     state = torch.load(path, weights_only=True)
     torch.save({**state, "payload": Payload()}, path)  # a real checkpoint, plus an object that runs code
     with pytest.raises(ValueError, match="is not a readable checkpoint"):
-        load_checkpoint(path, model, optimizer)
+        mh.TrainingCheckpoint(path, model, optimizer).load()
     assert "this must not run" not in capsys.readouterr().out
 
 
-def test_a_missing_checkpoint_says_so(tmp_path):
+def test_a_missing_checkpoint_says_so_and_leaves_the_model_as_it_was(tmp_path, capsys):
     model, optimizer, _ = small_training_objects()
-    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from; run with RESUME=False"):
-        load_checkpoint(tmp_path / "nothing.pt", model, optimizer)
+    before = [p.clone() for p in model.parameters()]
+    assert mh.TrainingCheckpoint(tmp_path / "nothing.pt", model, optimizer).load() == []
+    assert capsys.readouterr().out == (f"RESUME: no checkpoint at {tmp_path / 'nothing.pt'} yet, so training starts "
+                                       "at epoch 1\n")
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert not (tmp_path / "nothing.pt").exists()
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     model, optimizer, _ = small_training_objects()
-    path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 1, [])
+    checkpoint = mh.TrainingCheckpoint(tmp_path / "checkpoint.pt", model, optimizer)
+    path = checkpoint.save(1, [])
     before = path.read_bytes()
 
     def broken_save(obj, file, *args, **kwargs):
@@ -137,12 +156,112 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(pickle.PicklingError):
-        save_checkpoint(path, model, optimizer, 2, [])
+        checkpoint.save(2, [])
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_several_generators_round_trip_in_order(tmp_path):
+    model, optimizer, _ = small_training_objects()
+    shuffling, augmentation = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    torch.rand(3, generator=augmentation)  # the two are in different places
+    path = mh.TrainingCheckpoint(tmp_path / "checkpoint.pt", model, optimizer,
+                                 generators=[shuffling, augmentation]).save(1, [])
+    expected = [torch.rand(2, generator=g).tolist() for g in (shuffling, augmentation)]
+    fresh = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)]
+    mh.TrainingCheckpoint(path, model, optimizer, generators=fresh).load()
+    assert [torch.rand(2, generator=g).tolist() for g in fresh] == expected
+
+
+def test_training_checkpoint_without_a_file_starts_at_epoch_one_and_says_so(tmp_path, capsys):
+    model, optimizer, _ = small_training_objects()
+    runtime = mh.Runtime(torch.device("cpu"))  # the plain fp32 path: FAST and PRECISION join the config
+    checkpoint = mh.TrainingCheckpoint(tmp_path / "run.pt", model, optimizer, config={"EPOCHS": 3}, runtime=runtime)
+    assert checkpoint.load() == []
+    assert capsys.readouterr().out == (f"RESUME: no checkpoint at {tmp_path / 'run.pt'} yet, so training starts at "
+                                       "epoch 1\n")
+    checkpoint.save(2, [{"epoch": 1}, {"epoch": 2}])
+    assert torch.load(tmp_path / "run.pt", weights_only=True)["config"] == {
+        "EPOCHS": 3, "FAST": False, "PRECISION": "float32", "DEVICE_NAME": "cpu", "CAPABILITY": None}
+    again = mh.TrainingCheckpoint(tmp_path / "run.pt", model, optimizer, config={"EPOCHS": 3}, runtime=runtime)
+    assert again.load() == [{"epoch": 1}, {"epoch": 2}]
+    assert capsys.readouterr().out == f"resumed from {tmp_path / 'run.pt'}: 2 of 3 epochs already done\n"
+    fast = mh.TrainingCheckpoint(tmp_path / "run.pt", model, optimizer, config={"EPOCHS": 3},
+                                 runtime=mh.Runtime(torch.device("cpu"), fast=True))
+    with pytest.raises(ValueError) as error:  # the same precision, but the other pipeline: its batches differ
+        fast.load()
+    assert str(error.value) == refusal(tmp_path / "run.pt", "FAST", "False", "True", on=" on cpu")
+
+
+def rows_of(X: np.ndarray, y: np.ndarray) -> str:
+    """What a checkpoint records as ROWS for these training rows, worked out here with zlib."""
+    return f"{len(X)} rows, crc32 {zlib.crc32(np.ascontiguousarray(y), zlib.crc32(np.ascontiguousarray(X)))}"
+
+
+def test_a_checkpoint_for_other_training_rows_is_refused_in_one_line_naming_rows(tmp_path, capsys):
+    X, y = make_digits(50)
+    model, optimizer, _ = small_training_objects()
+    path = mh.TrainingCheckpoint(tmp_path / "checkpoint.pt", model, optimizer, config={"EPOCHS": 2},
+                                 rows=(X, y)).save(1, [{"epoch": 1}])
+    assert torch.load(path, weights_only=True)["config"] == {"EPOCHS": 2, "ROWS": rows_of(X, y)}
+    # The same rows, in other arrays, resume: the CRC is of the contents.
+    assert mh.TrainingCheckpoint(path, model, optimizer, config={"EPOCHS": 2}, rows=(X.copy(), y.copy())).load() == [
+        {"epoch": 1}]
+    assert capsys.readouterr().out == f"resumed from {path}: 1 of 2 epochs already done\n"
+    one_pixel, one_label = X.copy(), y.copy()
+    one_pixel[7, 300] ^= 1
+    one_label[0] = (one_label[0] + 1) % 10
+    for other in ((one_pixel, y), (X, one_label), (X[:40], y[:40]), (X[::-1], y[::-1])):  # pixels, labels, rows, order
+        with pytest.raises(ValueError) as error:
+            mh.TrainingCheckpoint(path, model, optimizer, config={"EPOCHS": 2}, rows=other).load()
+        assert str(error.value) == refusal(path, "ROWS", repr(rows_of(X, y)), repr(rows_of(*other)))
+        assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("other", [{"SEED": 7}, {"TRAIN_ROWS": 80}], ids=["another-seed", "other-train-rows"])
+def test_the_notebook_refuses_to_resume_a_checkpoint_of_other_training_rows(tmp_path, other):
+    # Another SEED splits train.csv into other rows (SEED itself is not in the config); TRAIN_ROWS takes fewer.
+    X, y = make_digits(100)
+    write_train_csv(tmp_path / "train.csv", X, y)
+    write_test_csv(tmp_path / "test.csv", make_digits(20, seed=1)[0])
+    parameters = {"DATA_DIR": str(tmp_path), "EPOCHS": 1, "BATCH_SIZE": 20, "PROGRESS": False, "LOSS_LINES": False,
+                  "OUTPUT_DIR": str(tmp_path / "output")}
+    first = run_notebook_in_process(parameters, until_tag="train")
+    written = rows_of(first["X_train"], first["y_train"])
+    path = tmp_path / "output" / "checkpoint.pt"
+    assert torch.load(path, weights_only=True)["config"]["ROWS"] == written
+    split = run_notebook_in_process({**parameters, **other}, until_tag="split")  # the rows the resumed run trains on
+    has = rows_of(split["X_train"], split["y_train"])
+    assert has != written
+    with pytest.raises(ValueError) as error:
+        run_notebook_in_process({**parameters, **other, "RESUME": True}, until_tag="train")
+    assert str(error.value) == refusal(path, "ROWS", repr(written), repr(has), on=" on cpu")
+    # ...while the same parameters resume (nothing is left to train):
+    again = run_notebook_in_process({**parameters, "RESUME": True}, until_tag="train")
+    assert again["history"]["epoch"].tolist() == [1]
 
 
 class Interrupted(Exception):
     """Stands in for a run cut off after its first epoch."""
+
+
+def count_and_interrupt(calls: list, interrupt_at: int | None):
+    """An `after` hook for the train-loop cell: count train_one_epoch calls, and raise at call number interrupt_at.
+
+    It replaces the notebook's train_one_epoch right after its cell, before the best-recipe cell defines Recipe,
+    whose train_epoch defaults to it: so both the reference model's loop and the Recipe that the notebook's own
+    best-train cell builds call the counted function, and no cell of the notebook is changed.
+    """
+    def install(namespace):
+        train_one_epoch = namespace["train_one_epoch"]
+
+        def wrapped(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == interrupt_at:
+                raise Interrupted
+            return train_one_epoch(*args, **kwargs)
+
+        namespace["train_one_epoch"] = wrapped
+    return install
 
 
 def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path):
@@ -153,35 +272,15 @@ def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_p
 
     whole = run_notebook_in_process({**common, "OUTPUT_DIR": str(tmp_path / "whole")}, until_tag="train")
 
-    def interrupt_after_one_epoch(namespace):
-        train_one_epoch, calls = namespace["train_one_epoch"], []
-
-        def wrapped(*args, **kwargs):
-            calls.append(1)
-            if len(calls) == 2:
-                raise Interrupted
-            return train_one_epoch(*args, **kwargs)
-
-        namespace["train_one_epoch"] = wrapped
-
     cut = {**common, "OUTPUT_DIR": str(tmp_path / "cut")}
     with pytest.raises(Interrupted):
-        run_notebook_in_process(cut, until_tag="train", after={"train-loop": interrupt_after_one_epoch})
+        run_notebook_in_process(cut, until_tag="train", after={"train-loop": count_and_interrupt([], 2)})
     saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert saved["epoch"] == 1
 
-    resumed_epochs = []
-
-    def count_epochs(namespace):
-        train_one_epoch = namespace["train_one_epoch"]
-
-        def counted(*args, **kwargs):
-            resumed_epochs.append(1)
-            return train_one_epoch(*args, **kwargs)
-
-        namespace["train_one_epoch"] = counted
-
-    resumed = run_notebook_in_process({**cut, "RESUME": True}, until_tag="train", after={"train-loop": count_epochs})
+    resumed_epochs: list = []
+    resumed = run_notebook_in_process({**cut, "RESUME": True}, until_tag="train",
+                                      after={"train-loop": count_and_interrupt(resumed_epochs, None)})
 
     assert len(resumed_epochs) == 2  # epochs 2 and 3 only: epoch 1 came from the checkpoint, not retrained
     history = pd.read_csv(tmp_path / "cut" / "history.csv")
@@ -199,76 +298,52 @@ def test_the_notebook_refuses_to_resume_a_checkpoint_of_another_precision(tmp_pa
     write_test_csv(tmp_path / "test.csv", make_digits(20, seed=1)[0])
     parameters = {"DATA_DIR": str(tmp_path), "EPOCHS": 1, "BATCH_SIZE": 20, "PROGRESS": False, "LOSS_LINES": False,
                   "OUTPUT_DIR": str(tmp_path / "output")}
-    monkeypatch.setattr(mnist_helpers, "cpu_supports_bf16", lambda: True)  # a CPU with AMX: bf16 autocast
+    monkeypatch.setattr(mh, "cpu_supports_bf16", lambda: True)  # a CPU with AMX: bf16 autocast
     run_notebook_in_process(parameters, until_tag="train")
     saved = torch.load(tmp_path / "output" / "checkpoint.pt", weights_only=True)["config"]
     assert saved["PRECISION"] == "bfloat16" and saved["DEVICE_NAME"] == "cpu" and saved["CAPABILITY"] is None
-    monkeypatch.setattr(mnist_helpers, "cpu_supports_bf16", lambda: False)  # the same run on a CPU without it: fp32
+    monkeypatch.setattr(mh, "cpu_supports_bf16", lambda: False)  # the same run on a CPU without it: fp32
     with pytest.raises(ValueError, match=r"was written with PRECISION='bfloat16' on cpu but this run has "
                                          r"PRECISION='float32'; resume with the same parameters"):
         run_notebook_in_process({**parameters, "RESUME": True}, until_tag="train")
 
 
-def test_several_generators_round_trip_in_order(tmp_path):
-    model, optimizer, _ = small_training_objects()
-    shuffling, augmentation = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
-    torch.rand(3, generator=augmentation)  # the two are in different places
-    path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 1, [], [shuffling, augmentation])
-    expected = [torch.rand(2, generator=g).tolist() for g in (shuffling, augmentation)]
-    fresh = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)]
-    load_checkpoint(path, model, optimizer, fresh)
-    assert [torch.rand(2, generator=g).tolist() for g in fresh] == expected
-
-
-def test_training_checkpoint_without_a_file_starts_at_epoch_one_and_says_so(tmp_path, capsys):
-    model, optimizer, _ = small_training_objects()
-    checkpoint = mnist_helpers.TrainingCheckpoint(tmp_path / "run.pt", model, optimizer, config={"EPOCHS": 3})
-    assert checkpoint.resume() == ([], 0)
-    assert capsys.readouterr().out == f"RESUME: no checkpoint at {tmp_path / 'run.pt'} yet, so training starts at epoch 1\n"
-    checkpoint.facts = {"DEVICE_NAME": "cpu"}
-    checkpoint.save(2, [{"epoch": 1}, {"epoch": 2}])
-    assert torch.load(tmp_path / "run.pt", weights_only=True)["config"] == {"EPOCHS": 3, "DEVICE_NAME": "cpu"}
-    again = mnist_helpers.TrainingCheckpoint(tmp_path / "run.pt", model, optimizer, config={"EPOCHS": 3})
-    assert again.resume() == ([{"epoch": 1}, {"epoch": 2}], 2)
-    assert capsys.readouterr().out == f"resumed from {tmp_path / 'run.pt'}: 2 of 3 epochs already done\n"
-
-
-def count_and_interrupt(calls: list, interrupt_at: int | None):
-    """An `after` hook for the train-loop cell: count train_one_epoch calls, and raise at call number interrupt_at."""
-    def install(namespace):
-        train_one_epoch = namespace["train_one_epoch"]
-
-        def wrapped(*args, **kwargs):
-            calls.append(1)
-            if len(calls) == interrupt_at:
-                raise Interrupted
-            return train_one_epoch(*args, **kwargs)
-
-        namespace["train_one_epoch"] = wrapped
-    return install
-
-
 # Calls of train_one_epoch in this run: 1 the reference model; 2-4 and 5-7 the validated models (seeds 43, 44);
-# 8-10 and 11-13 the final fit of the same seeds.
-@pytest.mark.parametrize("interrupt_at, retrained", [(6, 2 + 6), (12, 2)])
+# 8-10 and 11-13 the final fit of the same seeds. `done`: the epochs each checkpoint holds when the run resumes.
+@pytest.mark.parametrize("interrupt_at, retrained, done", [
+    (6, 2 + 6, {"checkpoint.pt": 1, "best-model-seed43.pt": 3, "best-model-seed44.pt": 1}),
+    (12, 2, {"checkpoint.pt": 1, "best-model-seed43.pt": 3, "best-model-seed44.pt": 3, "best-final-seed43.pt": 3,
+             "best-final-seed44.pt": 1}),
+], ids=["in-a-validated-model", "in-the-final-fit"])
 def test_an_interrupted_best_recipe_resumes_model_by_model_to_the_weights_of_an_uninterrupted_one(
-        tmp_path, interrupt_at, retrained):
+        tmp_path, capsys, interrupt_at, retrained, done):
     X, y = learnable_digits(250)
     write_train_csv(tmp_path / "train.csv", X, y)
     write_test_csv(tmp_path / "test.csv", learnable_digits(40, seed=1)[0])
     common = {"DATA_DIR": str(tmp_path), "EPOCHS": 1, "BATCH_SIZE": 25, "PROGRESS": False, "LOSS_LINES": False,
               "RECIPE": "best", "BEST_EPOCHS": 3, "ENSEMBLE": 2, "FINAL_FIT": True}
 
-    whole = run_notebook_in_process({**common, "OUTPUT_DIR": str(tmp_path / "whole")}, until_tag="best-submission")
+    whole = run_notebook_in_process({**common, "OUTPUT_DIR": str(tmp_path / "whole")}, until_tag="best-train")
     cut = {**common, "OUTPUT_DIR": str(tmp_path / "cut")}
     with pytest.raises(Interrupted):
-        run_notebook_in_process(cut, until_tag="best-submission",
+        run_notebook_in_process(cut, until_tag="best-train",
                                 after={"train-loop": count_and_interrupt([], interrupt_at)})
+    capsys.readouterr()
     calls: list = []
-    resumed = run_notebook_in_process({**cut, "RESUME": True}, until_tag="best-submission",
+    resumed = run_notebook_in_process({**cut, "RESUME": True}, until_tag="best-train",
                                       after={"train-loop": count_and_interrupt(calls, None)})
+    printed = capsys.readouterr().out
 
     assert len(calls) == retrained  # finished models were loaded; the cut one carried on from its last epoch
+    names = ["checkpoint.pt", *(f"best-{kind}-seed{seed}.pt" for kind in ("model", "final") for seed in (43, 44))]
+    for name in names:  # each model's checkpoint says what it restored, in the order the models train
+        path = tmp_path / "cut" / name
+        total = 1 if name == "checkpoint.pt" else 3
+        line = (f"resumed from {path}: {done[name]} of {total} epochs already done" if name in done
+                else f"RESUME: no checkpoint at {path} yet, so training starts at epoch 1")
+        assert line in printed.splitlines(), (line, printed)
+    assert len(calls) == sum((1 if name == "checkpoint.pt" else 3) - done.get(name, 0) for name in names)
+    assert resumed["recipe"].train_epoch is resumed["train_one_epoch"]  # the counted function, from Recipe's default
     for final, expected in zip(resumed["members"], whole["members"], strict=True):  # the final fit's models
         for name, weight in expected.state_dict().items():
             assert torch.equal(final.state_dict()[name], weight), name
@@ -276,29 +351,47 @@ def test_an_interrupted_best_recipe_resumes_model_by_model_to_the_weights_of_an_
         pd.testing.assert_frame_equal(resumed["histories"][name].drop(columns="seconds"),
                                       history.drop(columns="seconds"))
     assert (tmp_path / "cut" / "submission.csv").read_bytes() == (tmp_path / "whole" / "submission.csv").read_bytes()
+    for mine, expected in zip(resumed["valid_probas"], whole["valid_probas"], strict=True):  # each model's, then all
+        np.testing.assert_array_equal(mine, expected)
     np.testing.assert_array_equal(resumed["best_proba"], whole["best_proba"])
 
 
 def test_a_checkpoint_from_before_several_generators_still_resumes(tmp_path):
     model, optimizer, _ = small_training_objects()
     generator = torch.Generator().manual_seed(3)
-    path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 1, [], generator)
+    path = mh.TrainingCheckpoint(tmp_path / "checkpoint.pt", model, optimizer, generators=generator).save(1, [])
     expected = torch.rand(2, generator=generator).tolist()
     state = torch.load(path, weights_only=True)
     state["rng"]["loader"] = state["rng"].pop("generators")[0]  # the layout of this project's earlier checkpoints
     torch.save(state, path)
     fresh = torch.Generator().manual_seed(0)
-    assert load_checkpoint(path, model, optimizer, fresh) == (1, [])
+    assert mh.TrainingCheckpoint(path, model, optimizer, generators=fresh).load() == []
     assert torch.rand(2, generator=fresh).tolist() == expected
 
 
 def test_restoring_another_number_of_generators_is_refused_in_one_line(tmp_path):
     model, optimizer, _ = small_training_objects()
-    path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 1, [], torch.Generator())
-    before = [p.clone() for p in model.parameters()]
+    path = mh.TrainingCheckpoint(tmp_path / "checkpoint.pt", model, optimizer,
+                                 generators=torch.Generator()).save(1, [])
+    other = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3))
+    before = [p.clone() for p in other.parameters()]
     with pytest.raises(ValueError) as error:
-        load_checkpoint(path, nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3)), optimizer,
-                        [torch.Generator(), torch.Generator()])
+        mh.TrainingCheckpoint(path, other, optimizer, generators=[torch.Generator(), torch.Generator()]).load()
     assert str(error.value) == (f"{path}: holds 1 random generator state(s) but this run restores 2; it was written "
                                 "by another version of the training code, so run with RESUME=False to start over.")
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, other.parameters()))  # refused before any weight was loaded
+
+
+def test_refusals_name_the_first_entry_that_differs_and_nothing_is_restored(tmp_path):
+    model, optimizer, _ = small_training_objects()
+    path = mh.TrainingCheckpoint(tmp_path / "checkpoint.pt", model, optimizer,
+                                 config={"EPOCHS": 15, "LR": 0.001, "BATCH_SIZE": 100}).save(3, [])
+    fresh, fresh_optimizer, _ = small_training_objects(seed=1)
+    before = [p.clone() for p in fresh.parameters()]
+    with pytest.raises(ValueError) as error:
+        mh.TrainingCheckpoint(path, fresh, fresh_optimizer, config={"EPOCHS": 15, "LR": 0.01, "BATCH_SIZE": 50}).load()
+    assert str(error.value) == refusal(path, "LR", "0.001", "0.01")
+    assert re.fullmatch(r"[^\n]+", str(error.value))
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters()))
+    with pytest.raises(ValueError, match=re.escape(refusal(path, "SEED", "None", "1"))):  # an entry it never had
+        mh.TrainingCheckpoint(path, fresh, fresh_optimizer, config={"SEED": 1}).load()

@@ -1,12 +1,13 @@
-"""find_data_dir / csv_path: the search order, and one clear message when nothing is found."""
+"""find_data_dir / search_data_dir: the search order, gzipped copies, and one clear message when nothing is found."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-from conftest import make_digits, write_test_csv, write_train_csv
 
 import mnist_helpers
-from mnist_helpers import csv_path, find_data_dir, search_data_dir
+from conftest import make_digits, write_test_csv, write_train_csv
+from mnist_helpers import find_data_dir, load_test_csv, load_train_csv, search_data_dir
 
 
 def _make_data(folder, gz=False):
@@ -100,13 +101,19 @@ def test_nothing_found_lists_the_places_and_the_command(places):
     message = str(error.value)
     for place in places.values():
         assert str(place) in message
-    assert "kaggle competitions download -c digit-recognizer" in message and "DATA_DIR" in message
+    assert "get them with `make data`" in message and "kaggle competitions download -c digit-recognizer" in message
+    assert "Add Input > digit-recognizer" in message
+    assert "point DATA_DIR at the folder that holds them" in message
     assert "\n" not in message
 
 
-def test_gzipped_data_is_found_and_plain_csv_preferred(places):
+def test_gzipped_data_is_found_and_loaded_by_the_plain_name_and_a_plain_csv_preferred(places):
     folder = _make_data(places["data"], gz=True)
     assert find_data_dir() == folder
-    assert csv_path(folder, "train.csv").name == "train.csv.gz"
-    _make_data(folder)
-    assert csv_path(folder, "train.csv").name == "train.csv"
+    X, y = make_digits(10)
+    np.testing.assert_array_equal(load_train_csv(folder / "train.csv")[1], y)  # train.csv.gz, as only it is there
+    np.testing.assert_array_equal(load_test_csv(folder / "test.csv"), X)
+    X_plain, y_plain = make_digits(7, seed=5)
+    write_train_csv(folder / "train.csv", X_plain, y_plain)
+    np.testing.assert_array_equal(load_train_csv(folder / "train.csv")[0], X_plain)  # both there: the plain one
+    assert find_data_dir() == folder

@@ -1,20 +1,19 @@
-"""docs/: the executed copy of the notebook, kept in step with the source, and the README's figures cut from it."""
+"""README.md and docs/: a one-page README with the results first, one page per topic, the executed copy of the
+notebook kept in step with the source, and every figure cut from it."""
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
+import make_figures
 from conftest import NOTEBOOK, REPO_DIR
-
-sys.path.insert(0, str(REPO_DIR / "scripts"))
-import make_figures  # noqa: E402
 
 DOCS = REPO_DIR / "docs"
 EXECUTED = DOCS / make_figures.EXECUTED_NAME
 README = (REPO_DIR / "README.md").read_text(encoding="utf-8")
+PAGES = sorted(DOCS.glob("*.md"))
 
 
 def code_cells(notebook: dict) -> list[tuple[str, list[str]]]:
@@ -25,6 +24,29 @@ def code_cells(notebook: dict) -> list[tuple[str, list[str]]]:
 
 def executed() -> dict:
     return json.loads(EXECUTED.read_text(encoding="utf-8"))
+
+
+def test_the_readme_is_one_page_with_the_results_first():
+    assert len(README.splitlines()) <= 200
+    headings = re.findall(r"^## (.+)$", README, re.MULTILINE)
+    assert headings[0] == "Results", headings
+    assert re.search(r"^\| .*reference.*\|", README, re.MULTILINE) and 'RECIPE="best"' in README
+
+
+def test_every_docs_page_is_linked_from_the_readme_and_links_back():
+    expected = {"kaggle.md", "where-it-runs.md", "speed.md", "experiments.md", "tests.md", "reproducibility.md",
+                "data.md"}
+    assert expected <= {page.name for page in PAGES}
+    for page in PAGES:
+        assert f"(docs/{page.name})" in README, f"README.md does not link docs/{page.name}"
+        assert "(../README.md)" in page.read_text(encoding="utf-8"), f"docs/{page.name} does not link back"
+
+
+def test_every_relative_link_in_the_readme_and_the_docs_points_at_a_file():
+    for path in [REPO_DIR / "README.md", *PAGES]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text(encoding="utf-8")):
+            if not re.match(r"[a-z]+:", target):
+                assert (path.parent / target).exists(), f"{path.name} links {target}, which is not there"
 
 
 def test_the_executed_copy_runs_the_notebooks_own_code():
@@ -60,12 +82,15 @@ def test_the_executed_copy_is_small_and_reads_well_on_github():
     assert str(REPO_DIR) not in EXECUTED.read_text(encoding="utf-8")  # no path of the machine that ran it
 
 
-def test_the_readme_figures_are_the_executed_notebooks_own_images():
+def test_every_figure_is_the_executed_notebooks_own_image_and_is_shown():
     notebook = executed()
+    shown = README + "".join(page.read_text(encoding="utf-8") for page in PAGES)
     for tag, index, name in make_figures.FIGURES:
         assert (DOCS / name).read_bytes() == make_figures.cell_images(notebook, tag)[index], name
-        assert f"(docs/{name})" in README, f"README does not show docs/{name}"
+        assert f"(docs/{name})" in shown or f"({name})" in shown, f"neither README.md nor docs/ shows {name}"
         assert (DOCS / name).stat().st_size < 150_000, name
+    plot = DOCS / make_figures.ACCURACY_PLOT
+    assert plot.stat().st_size < 150_000 and f"({plot.name})" in (DOCS / "experiments.md").read_text()
 
 
 def test_the_readme_and_the_notebook_link_the_executed_copy():

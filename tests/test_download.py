@@ -1,4 +1,5 @@
-"""make data: MNIST from mirrors (a local HTTP server on 127.0.0.1, never the internet) and the Kaggle CLI (a fake)."""
+"""tools/get_data.py (`make data`): MNIST through pooch from mirrors (local HTTP servers on 127.0.0.1, never the
+internet), the Kaggle CLI (a fake), and the command lines of tools/get_data.py and tools/score.py."""
 
 from __future__ import annotations
 
@@ -16,11 +17,25 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pooch
 import pytest
-from conftest import REPO_DIR, make_digits, write_test_csv, write_train_csv
 
-from mnist_helpers import (KAGGLE_TRAIN_ROWS, MNIST_FILES, MNIST_MIRRORS, download_data, download_from_kaggle,
-                           kaggle_credentials_found, load_test_csv, load_train_csv, mnist_to_kaggle_layout, read_idx)
+import get_data
+from conftest import REPO_DIR, make_digits, write_test_csv, write_train_csv
+from get_data import (
+    KAGGLE_COMMAND,
+    KAGGLE_TRAIN_ROWS,
+    MNIST_FILES,
+    MNIST_MIRRORS,
+    download_data,
+    download_from_kaggle,
+    fetch_mnist_file,
+    kaggle_credentials_found,
+    mnist_mirrors,
+    mnist_to_kaggle_layout,
+    read_idx,
+)
+from mnist_helpers import load_test_csv, load_train_csv
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -53,7 +68,7 @@ class Mirror:
         mirror = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
+            def do_GET(self):  # http.server names it so
                 mirror.requests.append(self.path)
                 folder, _, name = self.path.strip("/").partition("/")
                 if name not in mirror.files or folder not in ("good", "bad"):
@@ -85,6 +100,21 @@ def mirror(mnist_files):
     server.close()
 
 
+EXPECTED_FILES = sorted(["sample_submission.csv", "test.csv", "test_labels.csv", "train.csv",
+                         *(f"mnist/{part}-{kind}-idx{dims}-ubyte.gz" for part in ("train", "t10k")
+                           for kind, dims in (("images", 3), ("labels", 1)))])
+
+
+def every_file(folder: Path) -> list[str]:
+    """The files below folder, at any depth and under any name (hidden and temporary ones too), sorted."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def corrupted_md5(data: bytes) -> str:
+    """The MD5 of what a /bad/ folder serves for data."""
+    return hashlib.md5(data[:-10] + b"corrupted!").hexdigest()
+
+
 def download(data_dir, mirrors, checksums):
     return download_data(data_dir, use_kaggle=False, mirrors=mirrors, files=checksums, train_rows=70,
                          show_progress=False)
@@ -98,7 +128,8 @@ def test_mnist_download_builds_the_competition_layout_and_test_labels(tmp_path, 
     sample = pd.read_csv(data_dir / "sample_submission.csv")
     labels = pd.read_csv(data_dir / "test_labels.csv")
     assert list(sample.columns) == list(labels.columns) == ["ImageId", "Label"]
-    assert sample["ImageId"].tolist() == labels["ImageId"].tolist() == list(range(1, 31)) and (sample["Label"] == 0).all()
+    assert sample["ImageId"].tolist() == labels["ImageId"].tolist() == list(range(1, 31))
+    assert (sample["Label"] == 0).all()
     # Every image keeps its own label: rebuild the 100 (image, label) pairs and compare as sets.
     images = np.concatenate([read_idx(data_dir / "mnist" / f"{p}-images-idx3-ubyte.gz") for p in ("train", "t10k")])
     truth = np.concatenate([read_idx(data_dir / "mnist" / f"{p}-labels-idx1-ubyte.gz") for p in ("train", "t10k")])
@@ -106,8 +137,10 @@ def test_mnist_download_builds_the_competition_layout_and_test_labels(tmp_path, 
     rebuilt = {(img.tobytes(), int(label)) for img, label in zip(np.vstack([X, X_test]),
                                                                  np.concatenate([y, labels["Label"]]))}
     assert rebuilt == original
-    assert "This is MNIST in Kaggle's layout" in capsys.readouterr().out
-    assert not list(data_dir.rglob("*.tmp"))
+    out = capsys.readouterr().out
+    assert "This is MNIST in Kaggle's layout" in out
+    assert out.rstrip().endswith("python tools/score.py output/submission.csv data/test_labels.csv")
+    assert every_file(data_dir) == EXPECTED_FILES  # nothing else: no temporary file of pooch's or ours
 
 
 def test_the_shipped_mnist_table_has_four_files_with_md5s_and_https_mirrors():
@@ -144,7 +177,7 @@ def test_a_bad_checksum_on_the_first_mirror_falls_through_to_a_good_file_on_the_
     assert [path.split("/")[1] for path in mirror.requests] == ["bad", "good"] * 4
     for name, md5 in checksums.items():
         assert hashlib.md5((data_dir / "mnist" / name).read_bytes()).hexdigest() == md5
-    assert (data_dir / "train.csv").is_file() and not list(data_dir.rglob("*.tmp"))
+    assert every_file(data_dir) == EXPECTED_FILES
 
 
 def test_a_mirror_that_is_down_falls_through_to_the_next(tmp_path, mirror, checksums):
@@ -154,13 +187,28 @@ def test_a_mirror_that_is_down_falls_through_to_the_next(tmp_path, mirror, check
     assert sum(path.startswith("/missing/") for path in mirror.requests) == 4  # a 404 for each file, then the next
 
 
-def test_a_corrupted_file_gives_a_checksum_error_and_leaves_nothing_behind(tmp_path, mirror, checksums):
-    data_dir = tmp_path / "data"
+@pytest.fixture
+def other_mirror(mnist_files):
+    server = Mirror(mnist_files)
+    yield server
+    server.close()
+
+
+def test_a_file_corrupted_on_every_mirror_gives_one_error_naming_each_and_leaves_nothing_behind(
+        tmp_path, mirror, other_mirror, checksums, mnist_files):
+    data_dir, name = tmp_path / "data", "train-images-idx3-ubyte.gz"  # the first file: the download stops there
+    mirrors = [mirror.url + "/bad/", other_mirror.url + "/bad/"]
     with pytest.raises(RuntimeError) as error:
-        download(data_dir, [mirror.url + "/bad/"], checksums)
+        download(data_dir, mirrors, checksums)
     message = str(error.value)
-    assert "\n" not in message and "checksum mismatch" in message and "could not download" in message
-    assert [p for p in data_dir.rglob("*") if p.is_file()] == []  # no partial file under any name
+    reasons = "; ".join(rf"{re.escape(url)}: MD5 hash of downloaded file \({re.escape(name)}\) does not match the "
+                        rf"known hash: expected md5:{checksums[name]} but got {corrupted_md5(mnist_files[name])}\.[^;]*"
+                        for url in mirrors)
+    assert re.fullmatch(rf"could not download {re.escape(name)} from any mirror \({reasons}\); check the network, or "
+                        rf"get the competition's CSVs with `{re.escape(KAGGLE_COMMAND)}`\.", message), message
+    assert "\n" not in message
+    assert mirror.requests == other_mirror.requests == [f"/bad/{name}"]  # each mirror tried once
+    assert every_file(data_dir) == []  # no partial file under any name, not even pooch's temporary one
 
 
 def test_a_second_run_downloads_nothing(tmp_path, mirror, checksums, capsys):
@@ -179,9 +227,19 @@ def test_a_damaged_kept_file_is_fetched_again(tmp_path, mirror, checksums):
     data_dir = download(tmp_path / "data", [mirror.url + "/good/"], checksums)
     for name in ("train.csv", "test.csv"):
         (data_dir / name).unlink()
-    (data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"truncated")
+    damaged = data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    damaged.write_bytes(b"truncated")
     download(data_dir, [mirror.url + "/good/"], checksums)
     assert mirror.requests[-1] == "/good/t10k-labels-idx1-ubyte.gz" and len(mirror.requests) == 5
+    assert hashlib.md5(damaged.read_bytes()).hexdigest() == checksums[damaged.name]
+    assert every_file(data_dir) == EXPECTED_FILES
+
+
+def test_fetch_keeps_a_good_file_without_a_request_and_returns_its_path(tmp_path, mirror, checksums, mnist_files):
+    name = "t10k-labels-idx1-ubyte.gz"
+    (tmp_path / name).write_bytes(mnist_files[name])
+    kept = fetch_mnist_file(name, checksums[name], tmp_path, [mirror.url + "/good/"], show_progress=False)
+    assert kept == tmp_path / name and mirror.requests == []
 
 
 def test_read_idx_refuses_what_is_not_idx(tmp_path):
@@ -240,7 +298,8 @@ folder.joinpath("digit-recognizer.zip").write_bytes(pathlib.Path({str(competitio
      "https://www.kaggle.com/competitions/digit-recognizer/rules while signed in, then run `make data` again."),
     ("403 Client Error: Forbidden for url: https://www.kaggle.com/api/v1/competitions/data/download-all/x",
      "Kaggle refused the download (403)"),
-    ("401 Client Error: Unauthorized for url: https://www.kaggle.com/api/v1/x", "Kaggle rejected the credentials (401)"),
+    ("401 Client Error: Unauthorized for url: https://www.kaggle.com/api/v1/x",
+     "Kaggle rejected the credentials (401)"),
     ("Traceback (most recent call last):\n  ...\nOSError: something else", "failed: OSError: something else"),
 ])
 def test_kaggle_errors_are_relayed_in_one_line(tmp_path, output, expected):
@@ -271,19 +330,50 @@ def test_credentials_are_found_in_the_environment_or_kaggle_json(tmp_path, monke
 
 def test_make_data_runs_the_download_command():
     dry_run = subprocess.run(["make", "-n", "data"], cwd=REPO_DIR, capture_output=True, text=True, check=True).stdout
-    assert "mnist_helpers.py download --data-dir data" in dry_run
+    assert "tools/get_data.py --data-dir data" in dry_run
 
 
-def test_the_command_line_reports_errors_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "mnist_helpers.py", "score", str(tmp_path / "sub.csv"),
-                           str(tmp_path / "labels.csv")], cwd=REPO_DIR, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert done.returncode == 1 and done.stderr.strip().splitlines() == [f"error: {tmp_path / 'labels.csv'}: no such file."]
+def test_the_score_command_reports_errors_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "tools/score.py", str(tmp_path / "sub.csv"), str(tmp_path / "labels.csv")],
+                          cwd=REPO_DIR, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'labels.csv'}: no such file."]
+
+
+def test_the_get_data_command_reports_a_failed_download_in_one_line(tmp_path):
+    down = "http://127.0.0.1:9/"  # nothing listens there
+    done = subprocess.run([sys.executable, "tools/get_data.py", "--data-dir", str(tmp_path / "data"), "--mnist"],
+                          cwd=REPO_DIR, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore", "MNIST_MIRRORS": down})
+    assert done.returncode == 1 and done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: could not download train-images-idx3-ubyte.gz from any "
+                                                   f"mirror ({down}: "), done.stderr
+    assert lines[0].endswith(f"; check the network, or get the competition's CSVs with `{KAGGLE_COMMAND}`.")
+    assert every_file(tmp_path) == []
+
+
+@pytest.fixture
+def pooch_log_level():
+    """main() quiets pooch's logger, for good in this process: put its level back afterwards."""
+    logger = pooch.get_logger()
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
+def test_the_get_data_command_builds_the_csvs_from_the_mirrors(tmp_path, mirror, checksums, monkeypatch, capsys,
+                                                               pooch_log_level):
+    monkeypatch.setattr(get_data, "MNIST_FILES", checksums)  # the small stand-ins' checksums, not MNIST's
+    monkeypatch.setenv("MNIST_MIRRORS", f"{mirror.url}/good/")
+    assert get_data.main(["--data-dir", str(tmp_path / "data"), "--mnist"]) == 0
+    assert every_file(tmp_path / "data") == EXPECTED_FILES and len(mirror.requests) == 4
+    assert "python tools/score.py" in capsys.readouterr().out
+    assert get_data.main(["--data-dir", str(tmp_path / "data"), "--mnist"]) == 0  # a second run: nothing to do
+    assert len(mirror.requests) == 4 and "nothing to download" in capsys.readouterr().out
 
 
 def test_mnist_mirrors_can_be_replaced_through_the_environment(tmp_path, mirror, checksums, monkeypatch):
-    from mnist_helpers import mnist_mirrors
-
     monkeypatch.delenv("MNIST_MIRRORS", raising=False)
     assert mnist_mirrors() == MNIST_MIRRORS
     monkeypatch.setenv("MNIST_MIRRORS", f"http://127.0.0.1:9, {mirror.url}/good")  # down, then the local mirror

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import torch
-from conftest import REPO_DIR, centre_of_mass
 
-sys.path.insert(0, str(REPO_DIR / "benchmarks"))
-from experiments import elastic_distort  # noqa: E402  (an experiment's tool: the notebook does not use it)
+from conftest import centre_of_mass
+from experiments import elastic_distort  # an experiment's tool: the notebook does not use it
 
 
 def dot(size: int = 3, batch: int = 64) -> torch.Tensor:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pandas as pd
 import torch
-from conftest import REPO_DIR, learnable_digits, write_test_csv, write_train_csv
 from torch import nn
 
-sys.path.insert(0, str(REPO_DIR / "benchmarks"))
-import experiments  # noqa: E402
+import experiments
+from conftest import learnable_digits, write_test_csv, write_train_csv
 
 
 def test_shifts_move_the_image_by_one_pixel_and_bring_in_zeros():
@@ -193,8 +190,9 @@ def test_pseudo_labels_and_train_fraction_end_to_end(tmp_path, capsys, monkeypat
     results = tmp_path / "experiments.tsv"
     stages = []  # what each call of train_and_score was given, and what it returned before main changed it
 
-    def spy(code, averager, seeds, epochs, X_pool, y_pool, X_valid, y_valid, fast, base):
-        rows, models, minutes = real(code, averager, seeds, epochs, X_pool, y_pool, X_valid, y_valid, fast, base)
+    def spy(code, recipe, averager, seeds, X_pool, y_pool, X_valid, y_valid, fast, output_dir, base):
+        rows, models, minutes = real(code, recipe, averager, seeds, X_pool, y_pool, X_valid, y_valid, fast,
+                                     output_dir, base)
         if not stages:  # tiny models train in a fraction of a second: say the first stage's took a minute longer
             minutes = [m + 1.0 for m in minutes]  # each, so that its cost shows in the 2-decimal minutes
         stages.append(dict(X_pool=X_pool, X_valid=X_valid, minutes=list(minutes), models=models,
@@ -235,3 +233,67 @@ def test_pseudo_labels_and_train_fraction_end_to_end(tmp_path, capsys, monkeypat
             assert sorted(runs["models"]) == [1, 1, 1, 2, 3]
             assert set(runs[runs["models"] > 1]["seed"]) == {"1+2", "1+2+3"}
     assert np.allclose(first["train_minutes"], stages[0]["row_minutes"], rtol=0, atol=1e-9)  # the first: as they were
+
+
+def notebook_state(code: dict) -> dict:
+    """What the notebook's code reads when it runs, each value as an object to compare by identity.
+
+    The namespace's names; the helper module's functions; the notebook's classes' attributes (a dataclass's
+    field defaults among them) and its functions' defaults and code. experiments.py may build from all of it,
+    but replacing any of it would change what the notebook's own functions do.
+    """
+    state = {("namespace", name): value for name, value in code.items()}
+    helper = code["mh"]
+    state.update({("mh", name): value for name, value in vars(helper).items() if not name.startswith("__")})
+    for name, value in code.items():
+        if isinstance(value, type) and not name.startswith("__"):
+            state.update({(name, attribute): item for attribute, item in vars(value).items()})
+            init = vars(value).get("__init__")
+            state[(name, "__init__.__defaults__")] = getattr(init, "__defaults__", None)
+        if callable(value) and getattr(value, "__globals__", None) is code:  # a function the notebook defines
+            state.update({(name, "__defaults__"): value.__defaults__, (name, "__kwdefaults__"): value.__kwdefaults__,
+                          (name, "__code__"): value.__code__})
+    return state
+
+
+def test_a_run_replaces_nothing_in_the_notebooks_namespace_and_passes_its_changes_in_a_recipe(tmp_path, monkeypatch):
+    X, y = learnable_digits(200)
+    write_train_csv(tmp_path / "train.csv", X, y)
+    write_test_csv(tmp_path / "test.csv", learnable_digits(10, seed=1)[0])
+    namespaces, given = [], []
+    real_cells, real_train = experiments.run_notebook_cells, experiments.train_and_score
+
+    def cells(*args):
+        code = real_cells(*args)
+        namespaces.append((code, notebook_state(code)))
+        return code
+
+    def train_and_score(code, recipe, *args):
+        given.append((code, recipe))
+        return real_train(code, recipe, *args)
+
+    monkeypatch.setattr(experiments, "run_notebook_cells", cells)
+    monkeypatch.setattr(experiments, "train_and_score", train_and_score)
+    # Every option that once overwrote a notebook global: the epochs, the model's width, the loss, the augmentation
+    # and the epoch function (SWA, EMA, snapshots); and the pseudo-labels' second stage, which trains again.
+    experiments.main(["--idea", "tiny", "--data-dir", str(tmp_path), "--seeds", "1", "--epochs", "2", "--width", "8",
+                      "--label-smoothing", "0.1", "--elastic", "34", "4", "--swa-from", "2", "--ema", "0.9",
+                      "--snapshots", "1", "--pseudo-label", "0.1", "--results", str(tmp_path / "results.tsv")])
+
+    [(code, before)] = namespaces
+    after = notebook_state(code)
+    changes = {"added": sorted(map(str, after.keys() - before.keys())),
+               "removed": sorted(map(str, before.keys() - after.keys())),
+               "replaced": sorted(str(key) for key in before.keys() & after.keys() if after[key] is not before[key])}
+    assert changes == {"added": [], "removed": [], "replaced": []}
+    assert len(given) == 2 and all(stage_code is code for stage_code, _ in given)
+    recipe = given[0][1]
+    assert given[1][1] is recipe and isinstance(recipe, code["Recipe"])
+    assert (recipe.epochs, recipe.lr, recipe.batch_size) == (2, 3e-3, 100)
+    assert recipe.make_model().head.in_features == 32 and recipe.loss_fn.label_smoothing == 0.1
+    assert isinstance(recipe.train_epoch, experiments.WeightAverager)
+    assert recipe.train_epoch.train_one_epoch is code["train_one_epoch"]  # it wraps the notebook's own loop
+    assert recipe.augment is not code["mh"].random_affine  # the elastic distortion after the notebook's one
+    default = code["Recipe"](epochs=1, lr=1e-3, batch_size=10)  # the notebook's Recipe, still as the notebook has it
+    assert default.train_epoch is code["train_one_epoch"] and default.augment is code["mh"].random_affine
+    assert default.make_model is code["StrongerCNN"] and default.loss_fn.label_smoothing == 0.0

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
 
-matplotlib.use("Agg")
+from conftest import centre_of_mass, make_digits, notebook_namespace
+from mnist_helpers import (
+    choose_runtime,
+    ensemble_proba,
+    make_loaders,
+    one_cycle_lrs,
+    per_class_accuracy,
+    plot_confusion_matrix,
+    plot_learning_curves,
+    plot_worst_errors,
+    random_affine,
+    worst_errors,
+)
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from conftest import centre_of_mass, make_digits, notebook_namespace  # noqa: E402
-from torch import nn  # noqa: E402
-
-from mnist_helpers import (choose_fast_path, ensemble_proba, make_loaders, one_cycle_lrs, per_class_accuracy,  # noqa: E402
-                           plot_confusion_matrix, plot_learning_curves, plot_worst_errors, random_affine, worst_errors)
+matplotlib.use("Agg")  # before any figure: the plots below draw off screen (pyplot is imported only when they draw)
 
 
 @pytest.fixture(scope="module")
@@ -128,10 +137,10 @@ def test_stronger_cnn_shapes_and_size(notebook):
     assert model(torch.zeros(5, 1, 28, 28)).shape == (5, 10)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 7
     assert sum(p.numel() for p in model.parameters()) < 340_138  # stronger, yet smaller than the reference
-    fast = choose_fast_path("cpu", bf16=True)
-    model = fast.prepare_model(model).eval()
+    runtime = choose_runtime("cpu", bf16=True)
+    model = runtime.prepare_model(model).eval()
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
-    with torch.no_grad(), fast.autocast():
+    with torch.no_grad(), runtime.autocast():
         logits = model(torch.rand(3, 1, 28, 28).to(memory_format=torch.channels_last))
     assert logits.shape == (3, 10) and logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
 
@@ -139,8 +148,8 @@ def test_stronger_cnn_shapes_and_size(notebook):
 def test_training_loop_applies_augmentation_and_steps_the_schedule_every_batch(notebook):
     torch.manual_seed(0)
     X, y = make_digits(60)
-    fast = choose_fast_path("cpu", enabled=False)
-    train_batches, valid = make_loaders(X, y, None, None, batch_size=20, seed=0, fast=fast)
+    runtime = choose_runtime("cpu", fast=False)
+    train_batches, valid = make_loaders(X, y, None, None, batch_size=20, seed=0, runtime=runtime)
     assert valid is None
     model = notebook["StrongerCNN"]()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -151,6 +160,40 @@ def test_training_loop_applies_augmentation_and_steps_the_schedule_every_batch(n
         seen.append(len(xb))
         return random_affine(xb, generator=torch.Generator().manual_seed(len(seen)))
 
-    notebook["train_one_epoch"](model, train_batches, nn.CrossEntropyLoss(), optimizer, fast.grad_scaler(), fast,
-                                log_every=0, augment=augment, scheduler=scheduler)
+    notebook["train_one_epoch"](model, train_batches, nn.CrossEntropyLoss(), optimizer, runtime.grad_scaler(),
+                                runtime, log_every=0, augment=augment, scheduler=scheduler)
     assert seen == [20, 20, 20] and scheduler.last_epoch == 3
+
+
+def test_train_member_takes_every_part_of_its_recipe_as_given(tmp_path):
+    """Only the cells that define them: train_member runs on its arguments, and uses each field of the Recipe."""
+    code = notebook_namespace("imports", "model", "train-loop", "model-best", "best-recipe")
+    X, y = make_digits(60)
+    calls, augmented = [], []
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+
+    def train_epoch(model, loader, given_loss_fn, *args, **kwargs):
+        calls.append((type(model).__name__, [len(yb) for _, yb in loader], given_loss_fn is loss_fn,
+                      kwargs["log_every"]))
+        return code["train_one_epoch"](model, loader, given_loss_fn, *args, **kwargs)
+
+    def augment(xb, generator=None):
+        augmented.append((len(xb), isinstance(generator, torch.Generator)))
+        return random_affine(xb, generator=generator)
+
+    recipe = code["Recipe"](epochs=2, lr=1e-3, batch_size=18, make_model=lambda: code["StrongerCNN"](width=4),
+                            augment=augment, loss_fn=loss_fn, train_epoch=train_epoch)
+    runtime = choose_runtime("cpu", fast=False)
+    model, history = code["train_member"](7, recipe, X[:50], y[:50], X[50:], y[50:], runtime, tmp_path,
+                                          progress=False)
+    assert model.head.in_features == 16  # width 4: 4, 8, 16 channels
+    assert calls == [("StrongerCNN", [18, 18, 9], True, 0)] * 2  # its own 90% of the 50 rows: 45
+    assert augmented == [(18, True), (18, True), (9, True)] * 2  # every batch, with the member's own generator
+    assert history["epoch"].tolist() == [1, 2]
+    assert list(history.columns) == ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds"]
+    assert [p.name for p in tmp_path.iterdir()] == ["best-model-seed7.pt"]
+    assert torch.load(tmp_path / "best-model-seed7.pt", weights_only=True)["config"]["EPOCHS"] == 2
+    _, final = code["train_member"](7, recipe, X, y, None, None, runtime, tmp_path, progress=False)  # no validation
+    assert list(final.columns) == ["epoch", "train_loss", "train_acc", "seconds"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-final-seed7.pt", "best-model-seed7.pt"]
+    assert code["Recipe"](epochs=1, lr=1e-3, batch_size=10).train_epoch is code["train_one_epoch"]  # the default

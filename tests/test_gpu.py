@@ -11,11 +11,23 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import learnable_digits, make_digits, notebook_namespace
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from mnist_helpers import (DeviceBatches, FastPath, choose_fast_path, cuda_autocast_dtype, get_device,
-                           load_checkpoint, make_loaders, predict, predict_proba, save_checkpoint, seed_everything)
+from conftest import learnable_digits, make_digits, notebook_namespace
+from mnist_helpers import (
+    DeviceBatches,
+    Runtime,
+    TrainingCheckpoint,
+    choose_runtime,
+    cuda_autocast_dtype,
+    get_device,
+    make_loaders,
+    predict,
+    predict_proba,
+    seed_everything,
+    to_image_tensor,
+)
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")]
@@ -29,9 +41,13 @@ def notebook():
 
 def test_the_gpu_is_used_with_the_precision_its_capability_calls_for():
     assert get_device() == torch.device("cuda")
-    fast = choose_fast_path("cuda")
-    major, _ = torch.cuda.get_device_capability()
-    assert fast.amp_dtype == (torch.bfloat16 if major >= 8 else torch.float16 if major == 7 else None)
+    runtime = choose_runtime("cuda")
+    major, minor = torch.cuda.get_device_capability()
+    assert runtime.amp_dtype == (torch.bfloat16 if major >= 8 else torch.float16 if major == 7 else None)
+    assert runtime.grad_scaler().is_enabled() == (runtime.amp_dtype == torch.float16)
+    assert runtime.data_on_device and runtime.channels_last == (runtime.amp_dtype is not None)
+    assert runtime.describe().splitlines()[0].startswith(
+        f"device: cuda ({torch.cuda.get_device_name()}, compute capability {major}.{minor}), torch ")
 
 
 @pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16])
@@ -39,34 +55,46 @@ def test_an_autocast_training_epoch_learns_on_the_gpu(notebook, amp_dtype):
     if amp_dtype == torch.bfloat16 and cuda_autocast_dtype("cuda") != torch.bfloat16:
         pytest.skip("this GPU has no bf16 tensor cores")
     seed_everything(0)
-    fast = FastPath(torch.device("cuda"), amp_dtype=amp_dtype, channels_last=True, data_on_device=True,
-                    eval_batch_size=500)
+    runtime = Runtime(torch.device("cuda"), fast=True, amp_dtype=amp_dtype, channels_last=True, data_on_device=True,
+                      eval_batch_size=500)
     X, y = learnable_digits(2000)
-    model = fast.prepare_model(notebook["TwoConvCNN"]())
-    optimizer, loss_fn, scaler = torch.optim.Adam(model.parameters(), lr=1e-3), nn.CrossEntropyLoss(), fast.grad_scaler()
+    model = runtime.prepare_model(notebook["TwoConvCNN"]())
+    optimizer, loss_fn = torch.optim.Adam(model.parameters(), lr=1e-3), nn.CrossEntropyLoss()
+    scaler = runtime.grad_scaler()
     assert scaler.is_enabled() == (amp_dtype == torch.float16)
-    train, valid = make_loaders(X[:1500], y[:1500], X[1500:], y[1500:], 50, 0, fast)
+    train, valid = make_loaders(X[:1500], y[:1500], X[1500:], y[1500:], 50, 0, runtime)
+    assert isinstance(train, DeviceBatches) and (train.batch_size, valid.batch_size) == (50, 500)
     for _ in range(2):
-        notebook["train_one_epoch"](model, train, loss_fn, optimizer, scaler, fast, log_every=0)
-    loss, accuracy = notebook["evaluate"](model, valid, loss_fn, fast, verbose=False)
+        notebook["train_one_epoch"](model, train, loss_fn, optimizer, scaler, runtime, log_every=0)
+    loss, accuracy = notebook["evaluate"](model, valid, loss_fn, runtime, verbose=False)
     assert accuracy > 0.95 and np.isfinite(loss)
     assert all(torch.isfinite(p).all() and p.is_cuda for p in model.parameters())
     if scaler.is_enabled():
         assert 0 < scaler.get_scale() < float("inf")
 
 
-def test_device_batches_live_on_the_gpu_and_shuffle_as_on_the_cpu():
+def test_device_batches_live_on_the_gpu_and_are_the_data_loaders_own():
     X, _ = make_digits(250)
-    y = np.arange(250)
-    on_gpu = DeviceBatches(X, y, 100, "cuda", shuffle=True, generator=torch.Generator().manual_seed(3))
-    on_cpu = DeviceBatches(X, y, 100, "cpu", shuffle=True, generator=torch.Generator().manual_seed(3))
-    for _ in range(2):  # two epochs: a new order each, the same on both devices
-        gpu_batches, cpu_batches = list(on_gpu), list(on_cpu)
+    y = np.arange(250)  # each label is its row number: the order shows
+
+    def loader(shuffle: bool = True) -> DataLoader:  # each its own generator, seeded alike
+        return DataLoader(TensorDataset(to_image_tensor(X), torch.from_numpy(y)), 100, shuffle=shuffle,
+                          generator=torch.Generator().manual_seed(3) if shuffle else None)
+
+    on_gpu, on_cpu, plain = DeviceBatches(loader(), "cuda"), DeviceBatches(loader(), "cpu"), loader()
+    for _ in range(2):  # two epochs: a new order each, the DataLoader's own, on both devices
+        gpu_batches, cpu_batches, loader_batches = list(on_gpu), list(on_cpu), list(plain)
         assert all(xb.is_cuda and yb.is_cuda for xb, yb in gpu_batches)
         assert [len(yb) for _, yb in gpu_batches] == [100, 100, 50]
-        assert torch.equal(torch.cat([yb for _, yb in gpu_batches]).cpu(), torch.cat([yb for _, yb in cpu_batches]))
-        for (xg, _), (xc, _) in zip(gpu_batches, cpu_batches):
-            assert torch.equal(xg.cpu(), xc)
+        for batches in (cpu_batches, loader_batches):
+            assert len(batches) == len(gpu_batches)
+            for (xg, yg), (xb, yb) in zip(gpu_batches, batches):
+                assert torch.equal(yg.cpu(), yb) and torch.equal(xg.cpu(), xb)
+    assert not torch.equal(torch.cat([yb for _, yb in gpu_batches]).cpu(), torch.from_numpy(y))  # it did shuffle
+    evaluation = DeviceBatches(loader(shuffle=False), "cuda", batch_size=125)  # bigger batches, in order
+    assert [yb.cpu().tolist() for _, yb in evaluation] == [list(range(125)), list(range(125, 250))]
+    batches = choose_runtime("cuda").batches(loader(shuffle=False))  # the fast path's evaluation batches
+    assert isinstance(batches, DeviceBatches) and batches.batch_size == choose_runtime("cuda").eval_batch_size
 
 
 @pytest.fixture
@@ -81,44 +109,51 @@ def exact_fp32():
 def test_prediction_on_the_gpu_equals_the_cpus(notebook, exact_fp32):
     seed_everything(1)
     X, y = learnable_digits(3000, seed=1)
-    fast = choose_fast_path("cuda")
-    model = fast.prepare_model(notebook["TwoConvCNN"]())
+    runtime = choose_runtime("cuda")
+    model = runtime.prepare_model(notebook["TwoConvCNN"]())
     optimizer, loss_fn = torch.optim.Adam(model.parameters(), lr=1e-3), nn.CrossEntropyLoss()
-    train, _ = make_loaders(X, y, None, None, 50, 1, fast)
-    notebook["train_one_epoch"](model, train, loss_fn, optimizer, fast.grad_scaler(), fast, log_every=0)
+    train, _ = make_loaders(X, y, None, None, 50, 1, runtime)
+    notebook["train_one_epoch"](model, train, loss_fn, optimizer, runtime.grad_scaler(), runtime, log_every=0)
     model = model.to(memory_format=torch.contiguous_format)
     on_gpu = predict_proba(model, X, "cuda", batch_size=1000)   # fp32 on the GPU
     on_cpu = predict_proba(model.cpu(), X, "cpu", batch_size=1000)  # the same weights on the CPU
     np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
     np.testing.assert_array_equal(on_gpu.argmax(1), on_cpu.argmax(1))
-    fast_labels = predict(model.cuda().to(memory_format=fast.memory_format), X, fast)  # autocast, batch 4000
+    fast_labels = predict(model.cuda().to(memory_format=runtime.memory_format), X, runtime)  # autocast, batch 4000
     assert (fast_labels == on_cpu.argmax(1)).mean() > 0.99
 
 
 def test_a_gpu_checkpoint_resumes_to_the_same_state(notebook, tmp_path):
     seed_everything(2, deterministic=True)
     try:
-        fast = choose_fast_path("cuda")
+        runtime = choose_runtime("cuda")
         X, y = learnable_digits(600, seed=2)
 
         def new():
-            model = fast.prepare_model(notebook["TwoConvCNN"]())
-            return model, torch.optim.Adam(model.parameters(), lr=1e-3), fast.grad_scaler()
+            model = runtime.prepare_model(notebook["TwoConvCNN"]())
+            return model, torch.optim.Adam(model.parameters(), lr=1e-3), runtime.grad_scaler()
+
+        def epoch(model, optimizer, scaler, train):
+            return notebook["train_one_epoch"](model, train, nn.CrossEntropyLoss(), optimizer, scaler, runtime,
+                                               log_every=0)
 
         model, optimizer, scaler = new()
-        train, _ = make_loaders(X, y, None, None, 50, 2, fast)
-        epoch = lambda m, o, s, t: notebook["train_one_epoch"](m, t, nn.CrossEntropyLoss(), o, s, fast,  # noqa: E731
-                                                                  log_every=0)
+        train, _ = make_loaders(X, y, None, None, 50, 2, runtime)
         epoch(model, optimizer, scaler, train)
-        path = save_checkpoint(tmp_path / "checkpoint.pt", model, optimizer, 1, [{"epoch": 1}], train.generator,
-                               scaler, config={"PRECISION": fast.precision})
+        path = TrainingCheckpoint(tmp_path / "checkpoint.pt", model, optimizer, scaler, generators=train.generator,
+                                  config={"EPOCHS": 2}, runtime=runtime, rows=(X, y)).save(1, [{"epoch": 1}])
         expected_loss = epoch(model, optimizer, scaler, train)  # epoch 2, uninterrupted
+        major, minor = torch.cuda.get_device_capability()
+        recorded = torch.load(path, weights_only=True)["config"]
+        assert (recorded["PRECISION"], recorded["DEVICE_NAME"], recorded["CAPABILITY"]) == (
+            runtime.precision, torch.cuda.get_device_name(), f"{major}.{minor}")
 
         resumed, resumed_optimizer, resumed_scaler = new()
-        resumed_train, _ = make_loaders(X, y, None, None, 50, 99, fast)  # another seed: the checkpoint restores it
-        done, history = load_checkpoint(path, resumed, resumed_optimizer, resumed_train.generator, resumed_scaler,
-                                        config={"PRECISION": fast.precision})
-        assert done == 1 and history == [{"epoch": 1}]
+        resumed_train, _ = make_loaders(X, y, None, None, 50, 99, runtime)  # another seed: the checkpoint restores it
+        history = TrainingCheckpoint(path, resumed, resumed_optimizer, resumed_scaler,
+                                     generators=resumed_train.generator, config={"EPOCHS": 2}, runtime=runtime,
+                                     rows=(X, y)).load()
+        assert history == [{"epoch": 1}]
         assert all(p.is_cuda for p in resumed.parameters())
         assert all(v.is_cuda for state in resumed_optimizer.state.values() for v in state.values() if v.dim())
         assert resumed_scaler.state_dict() == torch.load(path, weights_only=True)["scaler"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_digits, write_test_csv, write_train_csv
 
+from conftest import make_digits, write_test_csv, write_train_csv
 from mnist_helpers import load_test_csv, load_train_csv
 
 
@@ -57,7 +57,8 @@ def test_missing_file_says_where_and_how_to_get_it(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         load_train_csv(tmp_path / "train.csv")
     message = str(error.value)
-    assert str(tmp_path / "train.csv") in message and "kaggle competitions download" in message
+    assert message.startswith(f"{tmp_path / 'train.csv'}: no such file. To fix it, get them with `make data`")
+    assert "kaggle competitions download" in message and "point DATA_DIR at the folder that holds them" in message
     assert "\n" not in message
 
 
@@ -113,8 +114,10 @@ BAD_TRAIN_FILES = {
     # What an unchecked cast to uint8 (pandas 2.2) turns into 0 or 255, and what a cast to int16 or int32 would:
     "label 256": (lambda p: _set_cell(p, 12, 0, "256"), ["row 12", "column 'label'", "'256' is out of range 0-9"]),
     "pixel 65536": (lambda p: _set_cell(p, 3, 5, "65536"), ["row 3", "column 'pixel4'", "'65536' is out of range"]),
-    "pixel 2**32": (lambda p: _set_cell(p, 3, 6, "4294967296"), ["row 3", "column 'pixel5'", "'4294967296' is out of range"]),
-    "pixel 2**64": (lambda p: _set_cell(p, 3, 7, "18446744073709551616"), ["row 3", "column 'pixel6'", "is out of range"]),
+    "pixel 2**32": (lambda p: _set_cell(p, 3, 6, "4294967296"),
+                    ["row 3", "column 'pixel5'", "'4294967296' is out of range"]),
+    "pixel 2**64": (lambda p: _set_cell(p, 3, 7, "18446744073709551616"),
+                    ["row 3", "column 'pixel6'", "is out of range"]),
     "row with an extra field": (lambda p: _set_cell(p, 9, 784, "1,2"), ["row 9", "786 fields, expected 785"]),
     "every row with an extra field": (lambda p: p.write_text("\n".join(
         [_lines(p)[0]] + [line + ",0" for line in _lines(p)[1:]]) + "\n"), ["row 1", "786 fields, expected 785"]),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import re
+import shutil
 import subprocess
-import sys
 
 import nbformat
 import numpy as np
@@ -13,13 +14,23 @@ import pandas as pd
 import papermill
 import pytest
 import torch
-from conftest import (NOTEBOOK, REPO_DIR, SHARED_DATA_DIR, learnable_digits, make_digits, needs_shared_data,
-                      notebook_namespace, run_notebook_in_process, write_test_csv, write_train_csv)
 
-from mnist_helpers import choose_fast_path, load_test_csv, load_train_csv, predict
-
-sys.path.insert(0, str(REPO_DIR / "scripts"))
-import make_figures  # noqa: E402
+import make_figures
+import mnist_helpers
+from conftest import (
+    NOTEBOOK,
+    REPO_DIR,
+    SHARED_DATA_DIR,
+    learnable_digits,
+    make_digits,
+    needs_shared_data,
+    notebook_namespace,
+    run_notebook_in_process,
+    write_test_csv,
+    write_train_csv,
+)
+from mnist_helpers import choose_runtime, load_test_csv, load_train_csv, predict
+from notebook_cells import notebook_code_cells
 
 PARAMETERS = {"DATA_DIR": None, "EPOCHS": 15, "BATCH_SIZE": 100, "LR": 1e-3, "VALID_SIZE": 0.2, "SEED": 42,
               "TRAIN_ROWS": None, "TEST_ROWS": None, "OUTPUT_DIR": None, "FAST": True,
@@ -57,7 +68,7 @@ def test_committed_notebook_has_no_outputs_and_the_parameters_cell_first():
 def test_make_run_passes_the_parameters_that_are_set():
     dry_run = subprocess.run(["make", "-n", "run", "DATA_DIR=/some/where", "EPOCHS=2", "TRAIN_ROWS=500", "FAST=False"],
                              cwd=REPO_DIR, capture_output=True, text=True, check=True).stdout
-    assert "scripts/run_notebook.py -p OUTPUT_DIR 'output' -p DATA_DIR '/some/where' -p EPOCHS '2' -p TRAIN_ROWS '500' " \
+    assert "tools/run_notebook.py -p OUTPUT_DIR 'output' -p DATA_DIR '/some/where' -p EPOCHS '2' -p TRAIN_ROWS '500' " \
            "-p FAST 'False'" in dry_run
     assert "-p SEED" not in dry_run
 
@@ -83,7 +94,7 @@ def test_smoke_run_learns_generated_digits_and_submits_the_final_models_answers_
     assert scored and float(scored.group(1)) >= 0.9, text[-2000:]
     # The submission holds the final model's own answers, row by row: rebuild it from the last checkpoint.
     code = notebook_namespace("imports", "model")
-    path = choose_fast_path("cpu", enabled=fast)
+    path = choose_runtime("cpu", fast=fast)
     model = path.prepare_model(code["TwoConvCNN"]())
     model.load_state_dict(torch.load(output_dir / "checkpoint.pt", weights_only=True)["model"])
     submitted = pd.read_csv(output_dir / "submission.csv")["Label"].to_numpy()
@@ -158,7 +169,8 @@ def test_a_run_that_fails_while_writing_leaves_the_old_submission_byte_identical
         run_notebook_in_process({"DATA_DIR": str(tmp_path), "EPOCHS": 1, "OUTPUT_DIR": str(previous_submission.parent),
                                  "PROGRESS": False}, until_tag="submission")
     assert previous_submission.read_bytes() == before
-    assert sorted(p.name for p in previous_submission.parent.iterdir()) == ["checkpoint.pt", "history.csv", "submission.csv"]
+    left = sorted(p.name for p in previous_submission.parent.iterdir())
+    assert left == ["checkpoint.pt", "history.csv", "submission.csv"]
 
 
 def test_smoke_run_of_the_best_recipe_writes_its_submission_and_shows_the_analysis(tmp_path):
@@ -170,17 +182,18 @@ def test_smoke_run_of_the_best_recipe_writes_its_submission_and_shows_the_analys
     check_submission_file(output_dir / "submission.csv", rows=100)
     check_submission_file(output_dir / "submission_reference.csv", rows=100)
     experiments = pd.read_csv(output_dir / "experiments.csv")
-    assert experiments["recipe"].tolist() == ["reference", "best, seed 43", "best, seed 44", "best, ensemble of 2 + 1 TTA"]
+    assert experiments["recipe"].tolist() == ["reference", "best, seed 43", "best, seed 44",
+                                              "best, ensemble of 2 + 1 TTA"]
     assert experiments["epochs"].tolist() == [1, 2, 2, 2] and experiments["valid_acc"].between(0, 1).all()
     assert experiments["models"].tolist() == [1, 1, 1, 2]
     assert np.isclose(experiments["train_seconds"].iloc[3], experiments["train_seconds"].iloc[1:3].sum())
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "model seed 43: validation accuracy" in text and "ensemble of 2 with 1 TTA passes" in text
-    assert "refitted on all rows" in text
+    assert "from the ensemble of 2 refitted models" in text
     # PROGRESS="lines": a line per epoch of every model, the final fit's without an accuracy (nothing is held out),
     # each with the time left of the whole recipe (here 0 s: these epochs are quick), and no progress widgets.
     epoch_lines = re.findall(r"^(reference model|model seed \d+|final fit seed \d+), epoch (\d)/(\d): train loss "
-                             r"\d\.\d{4}(, valid acc \d+\.\d\d%)?, \d+\.\d s, about \d+ s left$", text, re.MULTILINE)
+                             r"\d\.\d{4}(, valid acc \d+\.\d\d%)?, \d+\.\d s, \d\d:\d\d left$", text, re.MULTILINE)
     assert [(name, epoch, bool(valid)) for name, epoch, _, valid in epoch_lines] == [
         ("reference model", "1", True), ("model seed 43", "1", True), ("model seed 43", "2", True),
         ("model seed 44", "1", True), ("model seed 44", "2", True), ("final fit seed 43", "1", False),
@@ -193,10 +206,13 @@ def test_smoke_run_of_the_best_recipe_writes_its_submission_and_shows_the_analys
     best_plots = [o for c in executed.cells if "plot_learning_curves({" in c.source for o in c.outputs
                   if "image/png" in o.get("data", {})]
     assert len(best_plots) == 3  # the ensemble's confusion matrix, worst errors and every learning curve
-    # `make figures` cuts the README's figures from such a notebook, and cleans it for docs/:
-    assert make_figures.main(["--from", str(tmp_path / "executed.ipynb"), "--docs-dir", str(tmp_path / "docs")]) == 0
+    # `make figures` cuts the figures of docs/ from such a notebook (kept beside its experiments.csv, as `make run`
+    # keeps it), draws the accuracy-per-minute plot, and cleans the notebook for docs/:
+    kept = shutil.copy(tmp_path / "executed.ipynb", output_dir / "digit_recognizer.ipynb")
+    assert make_figures.main(["--from", str(kept), "--docs-dir", str(tmp_path / "docs")]) == 0
     written = sorted(path.name for path in (tmp_path / "docs").iterdir())
-    assert written == sorted([make_figures.EXECUTED_NAME, *(name for _, _, name in make_figures.FIGURES)])
+    assert written == sorted([make_figures.EXECUTED_NAME, make_figures.ACCURACY_PLOT,
+                              *(name for _, _, name in make_figures.FIGURES)])
     assert (tmp_path / "docs" / "ensemble-learning-curves.png").read_bytes() == base64.b64decode(
         best_plots[2]["data"]["image/png"])
 
@@ -204,4 +220,64 @@ def test_smoke_run_of_the_best_recipe_writes_its_submission_and_shows_the_analys
 def test_an_unknown_recipe_stops_with_one_line(tmp_path):
     with pytest.raises(papermill.PapermillExecutionError) as error:
         run_notebook(tmp_path, RECIPE="fastest")
-    assert error.value.ename == "ValueError" and error.value.evalue == "RECIPE must be 'reference' or 'best', got 'fastest'."
+    assert error.value.ename == "ValueError"
+    assert error.value.evalue == "RECIPE must be 'reference' or 'best', got 'fastest'."
+
+
+def code_cell(tag: str) -> str:
+    """The source of the notebook's code cell with this tag."""
+    return next(source for tags, source in notebook_code_cells(NOTEBOOK) if tag in tags)
+
+
+def test_the_parameters_cell_shows_first_the_few_a_reader_changes():
+    first = [line.split(" =")[0] for line in code_cell("parameters").splitlines()[1:7]]
+    assert first == ["DATA_DIR", "EPOCHS", "BATCH_SIZE", "LR", "SEED", "RECIPE"]
+
+
+def test_the_set_up_cell_is_collapsed_in_jupyter_and_its_input_hidden_on_kaggle():
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    setup = [cell for cell in notebook.cells if "setup" in cell.metadata.get("tags", [])]
+    assert len(setup) == 1 and setup[0].metadata["jupyter"] == {"source_hidden": True}
+    assert setup[0].metadata["_kg_hide-input"] is True
+    assert "find_spec(\"mnist_helpers\")" in setup[0].source and "switch_backend" in setup[0].source
+
+
+def test_the_training_loop_reads_like_the_references_and_stays_short():
+    tree = ast.parse(code_cell("train-loop"))
+    loop = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "train_one_epoch")
+    assert loop.end_lineno - loop.lineno + 1 <= 25
+    source = ast.get_source_segment(code_cell("train-loop"), loop)
+    steps = ["logits = model(xb)", "loss = loss_fn(", "optimizer.zero_grad()", ".backward()", "scaler.step(optimizer)"]
+    assert all(step in source for step in steps)
+    assert [source.index(step) for step in steps] == sorted(source.index(step) for step in steps)  # in that order
+
+
+def test_every_helper_call_shows_its_origin_and_the_helper_exports_exactly_what_the_notebook_calls():
+    code = "\n".join(source for _, source in notebook_code_cells(NOTEBOOK))
+    assert "from mnist_helpers import" not in code and "import mnist_helpers as mh" in code
+    called = set(re.findall(r"\bmh\.([A-Za-z_]\w*)", code))
+    assert called == set(mnist_helpers.__all__), (called ^ set(mnist_helpers.__all__))
+
+
+def test_every_public_helper_names_the_notebook_section_that_calls_it():
+    public = [name for name, value in vars(mnist_helpers).items() if not name.startswith("_")
+              and getattr(value, "__module__", None) == "mnist_helpers" and callable(value)]
+    assert set(mnist_helpers.__all__) <= set(public) and len(public) > len(mnist_helpers.__all__)
+    for name in public:
+        doc = getattr(mnist_helpers, name).__doc__ or ""
+        assert len(doc.splitlines()) == 1, f"{name}: a one-line docstring"
+        assert re.match(r"Sections? \d", doc), f"{name}'s docstring names no section: {doc!r}"
+
+
+def test_with_the_reference_recipe_section_9_shows_no_empty_cells(tmp_path):
+    X, y = make_digits(300)
+    write_train_csv(tmp_path / "train.csv", X, y)
+    write_test_csv(tmp_path / "test.csv", make_digits(50, seed=1)[0])
+    _, executed = run_notebook(tmp_path, DATA_DIR=str(tmp_path), EPOCHS=1, PROGRESS=False)
+    cells = executed.cells[next(i for i, c in enumerate(executed.cells) if c.source.startswith("## 9.")):]
+    for cell in cells:
+        if cell.cell_type == "code" and not re.match(r"(class|def|from|import|@)", cell.source.lstrip()):
+            assert cell.outputs, f"an empty cell in section 9: {cell.source[:60]!r}"
+    printed = [o["text"] for c in cells if "best-train" in c.metadata.get("tags", []) for o in c.outputs]
+    assert len(printed) == 1 and printed[0].count("\n") == 1  # one line says what RECIPE = "best" adds
+    assert printed[0].startswith('RECIPE = "reference", so no ensemble here: RECIPE = "best" trains 6 StrongerCNNs')

@@ -1,4 +1,5 @@
-"""The plot helpers draw what they say."""
+"""The plot helpers draw what they say (the notebook's, and tools/make_figures.py's accuracy-vs-minutes figure), and
+per_class_accuracy counts what a hand count does."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_digits
 
-from mnist_helpers import measured_points, plot_accuracy_vs_minutes, plot_digits, plot_history, plot_label_counts
+from conftest import make_digits
+from make_figures import measured_points, plot_accuracy_vs_minutes
+from mnist_helpers import per_class_accuracy, plot_digits, plot_history
 
 
 def test_digit_grid_shows_each_image_with_its_label():
@@ -22,12 +24,6 @@ def test_digit_grid_shows_each_image_with_its_label():
     plt.close(fig)
 
 
-def test_label_counts_has_one_bar_per_digit():
-    fig = plot_label_counts(np.array([0, 1, 1, 9, 9, 9]))
-    assert [bar.get_height() for bar in fig.axes[0].patches] == [1, 2, 0, 0, 0, 0, 0, 0, 0, 3]
-    plt.close(fig)
-
-
 def test_history_plot_has_loss_and_accuracy_curves():
     history = [{"epoch": e, "train_loss": 1 / e, "valid_loss": 1.1 / e, "train_acc": 0.9, "valid_acc": 0.95}
                for e in (1, 2, 3)]
@@ -36,6 +32,27 @@ def test_history_plot_has_loss_and_accuracy_curves():
     assert len(loss_ax.lines) == 2 and len(acc_ax.lines) == 2
     np.testing.assert_allclose(acc_ax.lines[1].get_ydata(), [95, 95, 95])
     plt.close(fig)
+
+
+def per_digit(values: list[float]) -> pd.Series:
+    return pd.Series(values, index=pd.RangeIndex(10, name="digit"), name="accuracy", dtype=np.float64)
+
+
+def test_per_class_accuracy_is_each_digits_share_of_right_answers_and_nan_for_a_digit_with_no_images():
+    y_true = np.array([0, 0, 1, 1, 1, 2, 3, 3, 3, 3, 4, 5, 6, 7, 8])  # no 9 among the true digits
+    y_pred = np.array([0, 9, 1, 1, 0, 2, 3, 3, 9, 9, 4, 5, 6, 7, 8])  # but 9 predicted three times
+    pd.testing.assert_series_equal(per_class_accuracy(y_true, y_pred),
+                                   per_digit([1 / 2, 2 / 3, 1, 2 / 4, 1, 1, 1, 1, 1, np.nan]))
+
+
+def test_per_class_accuracy_matches_a_hand_count_on_random_predictions():
+    rng = np.random.default_rng(0)
+    y_true = rng.choice([0, 1, 2, 3, 5, 6, 7, 8, 9], size=300)  # no 4
+    y_pred = np.where(rng.random(300) < 0.7, y_true, rng.integers(0, 10, 300))  # about 70% right, 4 predicted too
+    by_hand = [float(np.mean(y_pred[y_true == k] == k)) if (y_true == k).any() else np.nan for k in range(10)]
+    accuracy = per_class_accuracy(y_true, y_pred)
+    pd.testing.assert_series_equal(accuracy, per_digit(by_hand))
+    assert np.isnan(accuracy[4]) and accuracy.drop(4).between(0.5, 1).all()
 
 
 def measured_rows() -> pd.DataFrame:
@@ -78,3 +95,9 @@ def test_accuracy_plot_puts_every_model_and_ensemble_at_its_minutes():
     alone = plot_accuracy_vs_minutes(experiments)  # on Kaggle: this run only
     assert len(alone.axes[0].get_lines()) == 2
     plt.close(alone)
+
+
+def test_per_class_accuracy_counts_a_prediction_outside_0_to_9_as_wrong_and_takes_no_images():
+    accuracy = per_class_accuracy(np.array([0, 0, 1]), np.array([0, 10, 1]))  # 10: not a digit, so wrong
+    assert accuracy[0] == 0.5 and accuracy[1] == 1.0
+    assert per_class_accuracy(np.array([], dtype=np.int64), np.array([], dtype=np.int64)).isna().all()

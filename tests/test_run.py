@@ -6,24 +6,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pty
 import re
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO_DIR, learnable_digits, make_digits, write_train_csv
-from test_download import Mirror, idx_bytes
 
-sys.path.insert(0, str(REPO_DIR / "scripts"))
-import run_notebook  # noqa: E402
+import run_notebook
+from conftest import REPO_DIR, learnable_digits, make_digits, write_test_csv, write_train_csv
+from test_download import Mirror, idx_bytes
 
 VENV = Path(sys.prefix)  # the environment running these tests: .venv, or .venv-min under `make test-min`
 EPOCH_LINE = re.compile(r"reference model, epoch (\d)/3: train loss \d\.\d{4}, valid acc \d+\.\d\d%, "
-                        r"\d+\.\d s, about \d+ (s|min \d\d s) left")
+                        r"\d+\.\d s, \d\d:\d\d left")
 # What a user's shell could have set that would change the run: make passes any notebook parameter it finds in the
 # environment, and a make calling this test (make test) exports its own level and flags to the make started here.
 LEAKING = {"DATA_DIR", "EPOCHS", "BATCH_SIZE", "LR", "VALID_SIZE", "SEED", "TRAIN_ROWS", "TEST_ROWS", "OUTPUT_DIR",
@@ -79,9 +82,9 @@ def learnable_mirror(tmp_path):
     (site / "sitecustomize.py").write_text(
         "import json, os, sys\n"
         "if os.environ.get('TEST_MNIST_MD5S'):\n"
-        "    sys.path.insert(0, os.environ['TEST_CLONE_DIR'])\n"
-        "    import mnist_helpers\n"
-        "    mnist_helpers.MNIST_FILES.update(json.loads(os.environ.pop('TEST_MNIST_MD5S')))\n")
+        "    sys.path.insert(0, os.path.join(os.environ['TEST_CLONE_DIR'], 'tools'))\n"
+        "    import get_data\n"
+        "    get_data.MNIST_FILES.update(json.loads(os.environ.pop('TEST_MNIST_MD5S')))\n")
     server = Mirror(files)
     yield server, {"PYTHONPATH": str(site), "MNIST_MIRRORS": server.url + "/good/",
                    "TEST_MNIST_MD5S": json.dumps({n: hashlib.md5(d).hexdigest() for n, d in files.items()})}
@@ -158,15 +161,18 @@ def test_a_failing_notebook_ends_make_run_with_its_error_and_the_executed_notebo
     assert len(failed) == 1 and "load_test_csv" in "".join(failed[0]["source"])
     assert line == (f"error: ValueError: {tmp_path / 'test.csv'}: row 1 (line 2), column 'pixel783': 'oops' is not a "
                     "number; pixels must be integers 0-255, so fix that cell or re-download the file. (the executed "
-                    f"notebook {output_dir / 'digit_recognizer.ipynb'} shows where, cell [{failed[0]['execution_count']}])")
+                    f"notebook {output_dir / 'digit_recognizer.ipynb'} shows where, "
+                    f"cell [{failed[0]['execution_count']}])")
     assert "Traceback" not in output
 
 
 def test_an_explicit_data_dir_without_the_csvs_is_not_fetched_into(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # main() moves to the repository root; monkeypatch moves back afterwards
-    status = run_notebook.main(["-p", "DATA_DIR", str(tmp_path / "nowhere"), "-p", "OUTPUT_DIR", str(tmp_path / "out")])
+    status = run_notebook.main(["-p", "DATA_DIR", str(tmp_path / "nowhere"),
+                                "-p", "OUTPUT_DIR", str(tmp_path / "out")])
     error = capsys.readouterr().err.strip().splitlines()
-    assert status == 1 and len(error) == 1 and error[0].startswith("error: train.csv and test.csv not found; searched: ")
+    assert status == 1 and len(error) == 1
+    assert error[0].startswith("error: train.csv and test.csv not found; searched: ")
     assert not (tmp_path / "nowhere").exists() and not (tmp_path / "out").exists()
 
 
@@ -230,7 +236,8 @@ def test_a_kernel_that_dies_ends_in_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(papermill, "execute_notebook", FakePapermill(DeadKernelError("Kernel died\nmore")))
     assert run_notebook.main(["-p", "OUTPUT_DIR", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err.strip() == (f"error: DeadKernelError: Kernel died (the executed notebook "
-                                               f"{tmp_path / 'out' / 'digit_recognizer.ipynb'} shows where)")
+                                               f"{tmp_path / 'out' / 'digit_recognizer.ipynb'} shows where; the "
+                                               f"kernel's own messages are in {tmp_path / 'out' / 'kernel.log'})")
 
 
 def test_the_terminal_gets_whole_lines_without_the_reference_per_batch_lines():
@@ -247,10 +254,10 @@ def test_the_terminal_gets_whole_lines_without_the_reference_per_batch_lines():
     terminal = run_notebook.TerminalLines(sink)
     for chunk in ["device: cpu\nEpoch 1\n-------------------------------\nloss: 2.310378 [  ", "100/33600]\n",
                   "acc: 96.49%, average_loss: 0.135642\nreference model, epoch 1/15: train loss 0.3",
-                  "1, valid acc 96.49%, 12.0 s, about 2 min 48 s left\nloss: is a word\n-----\nhalf a li"]:
+                  "1, valid acc 96.49%, 12.0 s, 02:48 left\nloss: is a word\n-----\nhalf a li"]:
         terminal.write(chunk)
     assert sink.text == ("device: cpu\nreference model, epoch 1/15: train loss 0.31, valid acc 96.49%, 12.0 s, "
-                         "about 2 min 48 s left\nloss: is a word\n-----\n")  # the unfinished line waits for its end
+                         "02:48 left\nloss: is a word\n-----\n")  # the unfinished line waits for its end
 
 
 @pytest.mark.parametrize("text, value", [("True", True), ("False", False), ("None", None), ("15", 15), ("1e-3", 1e-3),
@@ -276,9 +283,9 @@ def test_make_figures_runs_the_best_recipe_or_takes_an_executed_notebook(tmp_pat
         return subprocess.run(["make", "-n", *arguments], cwd=REPO_DIR, capture_output=True, text=True,
                               check=True, env=clean_environment(tmp_path)).stdout.strip()
 
-    assert dry_run("figures") == ".venv/bin/python scripts/make_figures.py"
-    assert dry_run("figures", "RESUME=True") == ".venv/bin/python scripts/make_figures.py  -p RESUME 'True'"
-    assert dry_run("figures", "FROM=output/x.ipynb") == ".venv/bin/python scripts/make_figures.py --from 'output/x.ipynb'"
+    assert dry_run("figures") == ".venv/bin/python tools/make_figures.py"
+    assert dry_run("figures", "RESUME=True") == ".venv/bin/python tools/make_figures.py  -p RESUME 'True'"
+    assert dry_run("figures", "FROM=output/x.ipynb") == ".venv/bin/python tools/make_figures.py --from 'output/x.ipynb'"
 
 
 def test_make_lab_opens_the_notebook_after_registering_the_kernel(tmp_path):
@@ -287,3 +294,62 @@ def test_make_lab_opens_the_notebook_after_registering_the_kernel(tmp_path):
     lines = dry_run.strip().splitlines()
     assert "ipykernel install --user --name digit-recognizer" in lines[-2]
     assert lines[-1] == ".venv/bin/jupyter lab digit_recognizer.ipynb"
+
+
+def run_in_a_terminal(command: list[str], cwd: Path, env: dict, interrupt_after: str, timeout: float = 300
+                      ) -> tuple[str, str, int]:
+    """Run command in a pseudo-terminal and press Ctrl-C as a terminal does, once interrupt_after has been shown:
+    SIGINT to the terminal's foreground process group (make, the runner, all they started in it). Returns what the
+    terminal showed before the interrupt and after it, and the exit status."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a session of its own, with the pty as its controlling terminal
+        os.chdir(cwd)
+        os.execvpe(command[0], command, env)
+    shown, interrupted_at, deadline = b"", None, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the terminal closed: everything in it has exited
+                break
+            if not chunk:
+                break
+            shown += chunk
+        if interrupted_at is None and interrupt_after.encode() in shown:
+            interrupted_at = len(shown)
+            os.killpg(os.tcgetpgrp(fd), signal.SIGINT)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    cut = len(shown) if interrupted_at is None else interrupted_at
+    return (shown[:cut].decode(errors="replace"), shown[cut:].decode(errors="replace"),
+            os.waitstatus_to_exitcode(status))
+
+
+def test_ctrl_c_in_a_terminal_shows_the_interrupted_line_only_and_resume_finishes_the_same_submission(tmp_path):
+    X, y = learnable_digits(300)
+    write_train_csv(tmp_path / "train.csv", X, y)
+    write_test_csv(tmp_path / "test.csv", learnable_digits(100, seed=1)[0])
+    env = clean_environment(tmp_path)
+    recipe = [f"DATA_DIR={tmp_path}", "EPOCHS=1", "BATCH_SIZE=20", "RECIPE=best", "BEST_EPOCHS=2", "ENSEMBLE=2"]
+    straight = make(REPO_DIR, "run", *recipe, f"OUTPUT_DIR={tmp_path / 'straight'}", env=env)
+    output, _ = straight.communicate(timeout=300)
+    assert straight.returncode == 0, output
+
+    command = ["make", "--no-print-directory", f"VENV={VENV}", "-o", f"{VENV}/.requirements-installed", "run",
+               *recipe, f"OUTPUT_DIR={tmp_path / 'stopped'}"]
+    before, after, status = run_in_a_terminal(command, REPO_DIR, env, interrupt_after="model seed 44, epoch 1/2")
+    lines = [line for line in after.replace("\r\n", "\n").splitlines() if line.strip()]
+    assert lines[0] == (f"interrupted: {tmp_path / 'stopped'} keeps a checkpoint of every finished epoch; the same "
+                        "command with RESUME=True carries on from them."), after
+    assert re.fullmatch(r"make: \*\*\* \[Makefile:\d+: run\] Interrupt", lines[1]) and len(lines) == 2, after
+    assert status != 0 and "Traceback" not in before + after and "ZMQError" not in after
+    assert "ZMQError" in (tmp_path / "stopped" / "kernel.log").read_text()  # the dying kernel's messages go here
+
+    resumed = make(REPO_DIR, "run", *recipe, f"OUTPUT_DIR={tmp_path / 'stopped'}", "RESUME=True", env=env)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "resumed from" in output and "model seed 43, epoch" not in output  # model 43 was done: loaded, not trained
+    for name in ("submission.csv", "submission_reference.csv"):
+        assert (tmp_path / "stopped" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name

@@ -1,4 +1,4 @@
-"""get_device, seed_everything and batched prediction."""
+"""get_device, device_facts, seed_everything (deterministic training with a Runtime) and batched prediction."""
 
 from __future__ import annotations
 
@@ -7,11 +7,19 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import KAGGLE_CU128_ARCHS, make_digits, notebook_namespace
 from torch import nn
 
-from mnist_helpers import (FastPath, choose_fast_path, device_facts, get_device, make_loaders, predict, predict_proba,
-                           seed_everything)
+from conftest import KAGGLE_CU128_ARCHS, make_digits, notebook_namespace
+from mnist_helpers import (
+    Runtime,
+    choose_runtime,
+    device_facts,
+    get_device,
+    make_loaders,
+    predict,
+    predict_proba,
+    seed_everything,
+)
 
 
 @pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
@@ -158,15 +166,16 @@ def test_deterministic_seeding_gives_identical_losses_on_cpu(restore_determinism
 
     def losses():
         seed_everything(7, deterministic=True)
-        fast = choose_fast_path("cpu")
-        model = fast.prepare_model(notebook["TwoConvCNN"]())
+        runtime = choose_runtime("cpu")
+        model = runtime.prepare_model(notebook["TwoConvCNN"]())
         optimizer, loss_fn = torch.optim.Adam(model.parameters(), lr=1e-3), nn.CrossEntropyLoss()
-        train_loader, valid_loader = make_loaders(X[:160], y[:160], X[160:], y[160:], batch_size=20, seed=7, fast=fast)
+        train_loader, valid_loader = make_loaders(X[:160], y[:160], X[160:], y[160:], batch_size=20, seed=7,
+                                                  runtime=runtime)
         history = []
         for _ in range(2):
-            history.append(notebook["train_one_epoch"](model, train_loader, loss_fn, optimizer, fast.grad_scaler(),
-                                                       fast, log_every=0))
-            history.append(notebook["evaluate"](model, valid_loader, loss_fn, fast, verbose=False))
+            history.append(notebook["train_one_epoch"](model, train_loader, loss_fn, optimizer,
+                                                       runtime.grad_scaler(), runtime, log_every=0))
+            history.append(notebook["evaluate"](model, valid_loader, loss_fn, runtime, verbose=False))
         return history
 
     first = losses()
@@ -177,5 +186,5 @@ def test_deterministic_seeding_gives_identical_losses_on_cpu(restore_determinism
 def test_deterministic_mode_keeps_cudnn_autotuning_off(restore_determinism, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     seed_everything(0, deterministic=True)
-    FastPath(torch.device("cpu"), cudnn_benchmark=True).prepare_model(nn.Linear(2, 2))
+    Runtime(torch.device("cpu"), cudnn_benchmark=True).prepare_model(nn.Linear(2, 2))
     assert not torch.backends.cudnn.benchmark  # autotuning picks kernels by timing, so runs could differ

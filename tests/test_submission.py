@@ -1,4 +1,5 @@
-"""write_submission: Kaggle's layout, refusal of malformed frames, and atomic writes that never lose a file."""
+"""write_submission: Kaggle's layout, refusal of malformed frames, and atomic writes that never lose a file; and local
+scoring with score_submission and its command line, tools/score.py."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO_DIR
 
+from conftest import REPO_DIR
 from mnist_helpers import check_submission, score_submission, write_submission
 
 
@@ -151,7 +152,7 @@ def test_score_validates_like_kaggle_with_one_line_naming_the_file(tmp_path, lab
 
 def test_score_from_the_command_line_refuses_a_bad_submission_in_one_line(tmp_path, labels_csv):
     submission = _write(tmp_path / "submission.csv", "ImageId,Label\n1,7\n2,12\n3,1\n4,0\n")
-    done = subprocess.run([sys.executable, "mnist_helpers.py", "score", str(submission), str(labels_csv)],
+    done = subprocess.run([sys.executable, "tools/score.py", str(submission), str(labels_csv)],
                           cwd=REPO_DIR, capture_output=True, text=True)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == f"error: {submission}: submission row 2: Label is 12, expected a digit 0-9.\n"
@@ -159,6 +160,6 @@ def test_score_from_the_command_line_refuses_a_bad_submission_in_one_line(tmp_pa
 
 def test_score_from_the_command_line(tmp_path, labels_csv):
     submission = _write(tmp_path / "submission.csv", "ImageId,Label\n1,7\n2,2\n3,1\n4,0\n")
-    done = subprocess.run([sys.executable, "mnist_helpers.py", "score", str(submission), str(labels_csv)],
+    done = subprocess.run([sys.executable, "tools/score.py", str(submission), str(labels_csv)],
                           cwd=REPO_DIR, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == f"{submission}: accuracy 1.00000 (4 of 4 correct) against {labels_csv}"

@@ -6,9 +6,11 @@ import warnings
 
 import numpy as np
 import torch
-from conftest import make_digits
 
-from mnist_helpers import make_loaders, split_train_valid, to_image_tensor
+from conftest import make_digits
+from mnist_helpers import choose_runtime, make_loaders, split_train_valid, to_image_tensor
+
+PLAIN = choose_runtime("cpu", fast=False)  # the reference's DataLoaders (test_fast_path.py: the fast path's batches)
 
 
 def test_image_tensor_is_float32_in_unit_range_with_a_channel():
@@ -67,7 +69,8 @@ def test_split_repeats_with_the_seed_and_changes_without_it():
 
 def test_loaders_give_batches_of_images_and_labels():
     X, y = make_digits(250)
-    train_loader, valid_loader = make_loaders(X[:200], y[:200], X[200:], y[200:], batch_size=64, seed=0)
+    train_loader, valid_loader = make_loaders(X[:200], y[:200], X[200:], y[200:], batch_size=64, seed=0,
+                                             runtime=PLAIN)
     xb, yb = next(iter(train_loader))
     assert xb.shape == (64, 1, 28, 28) and xb.dtype == torch.float32 and yb.shape == (64,) and yb.dtype == torch.int64
     assert [len(b[1]) for b in train_loader] == [64, 64, 64, 8]
@@ -77,8 +80,8 @@ def test_loaders_give_batches_of_images_and_labels():
 def test_only_the_training_loader_shuffles_and_it_is_seeded():
     X, y = make_digits(300)
     labels = lambda loader: torch.cat([yb for _, yb in loader]).tolist()  # noqa: E731
-    train_a, valid_a = make_loaders(X, y, X, y, batch_size=50, seed=3)
-    train_b, _ = make_loaders(X, y, X, y, batch_size=50, seed=3)
+    train_a, valid_a = make_loaders(X, y, X, y, batch_size=50, seed=3, runtime=PLAIN)
+    train_b, _ = make_loaders(X, y, X, y, batch_size=50, seed=3, runtime=PLAIN)
     assert labels(valid_a) == y.tolist() == labels(valid_a)  # validation keeps file order
     first_epoch, second_epoch = labels(train_a), labels(train_a)
     assert first_epoch != y.tolist() and first_epoch != second_epoch  # a new order every epoch

@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """`make run`: fetch the data if there is none, then execute digit_recognizer.ipynb headless with papermill.
 
-    python scripts/run_notebook.py [-p NAME VALUE ...]    # e.g. -p EPOCHS 2 -p RECIPE best; paths: from the repo root
+    python tools/run_notebook.py [-p NAME VALUE ...]    # e.g. -p EPOCHS 2 -p RECIPE best; paths: from the repo root
 
 What the notebook prints reaches the terminal as it happens: with PROGRESS="lines" (the default here, so that the
 saved notebook holds text, not frozen progress widgets) one line per epoch with the loss, the validation accuracy,
 the seconds and the time left. The reference's per-batch lines ("loss: ... [  100/33600]") stay in the executed
-notebook only. Any failure ends with one line: what went wrong and where to look.
+notebook only. Any failure ends with one line: what went wrong and where to look. The kernel's own messages (not the
+notebook's output) go to OUTPUT_DIR/kernel.log, so that Ctrl-C, which stops the run, ends with one line too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import ast
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -22,7 +24,8 @@ from typing import TextIO
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR))
 
-from mnist_helpers import download_data, find_data_dir, kaggle_credentials_found, output_dir_for  # noqa: E402
+from get_data import download_data, kaggle_credentials_found
+from mnist_helpers import find_data_dir, output_dir_for
 
 NOTEBOOK = PROJECT_DIR / "digit_recognizer.ipynb"
 # The reference's own lines: shown in the notebook, left out of the terminal, where one line per epoch says enough.
@@ -83,6 +86,19 @@ def ensure_data(data_dir: object) -> None:
                            "and test.csv.") from None
 
 
+def kernel_logging_to(path: Path) -> type:
+    """A kernel manager whose kernel writes its own messages to path, not to the terminal that started it."""
+    from jupyter_client import AsyncKernelManager  # here, so that a missing-data error comes without Jupyter's start-up
+
+    class KernelLoggingToFile(AsyncKernelManager):
+        async def start_kernel(self, **kw) -> None:
+            """Start the kernel with its stdout and stderr in the log (what the notebook prints reaches us anyway)."""
+            with open(path, "ab") as log:  # the kernel gets its own copy of the descriptor
+                return await super().start_kernel(**{"stdout": log, "stderr": log, **kw})
+
+    return KernelLoggingToFile
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the notebook; 0 on success, 1 with a one-line error, 130 when interrupted."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -93,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(PROJECT_DIR)  # relative paths mean the same here and in the notebook's kernel, which runs here
     parameters = {"OUTPUT_DIR": "output", "PROGRESS": "lines"}
     parameters.update((name, parse_value(value)) for name, value in args.parameter)
-    output_dir = output_dir_for(parameters["OUTPUT_DIR"])  # None: /kaggle/working on Kaggle, else output, as there
+    output_dir = output_dir_for(parameters["OUTPUT_DIR"], create=False)  # None: /kaggle/working on Kaggle, else output
     executed = output_dir / NOTEBOOK.name
     try:
         ensure_data(parameters.get("DATA_DIR"))
@@ -103,23 +119,27 @@ def main(argv: list[str] | None = None) -> int:
     import papermill  # here, so that a missing-data error comes without Jupyter's start-up time
 
     output_dir.mkdir(parents=True, exist_ok=True)
+    kernel_log = output_dir / "kernel.log"
+    kernel_log.unlink(missing_ok=True)  # this run's messages only
     terminal = TerminalLines(sys.stdout)
     try:
         papermill.execute_notebook(str(NOTEBOOK), str(executed), parameters=parameters, cwd=str(PROJECT_DIR),
                                    kernel_name="python3", progress_bar=False, stdout_file=terminal,
-                                   stderr_file=sys.stderr,
+                                   stderr_file=sys.stderr, kernel_manager_class=kernel_logging_to(kernel_log),
                                    extra_arguments=["--IPKernelApp.log_level=ERROR"])  # not the kernel's start-up notes
     except KeyboardInterrupt:
         terminal.close()
         print(f"\ninterrupted: {output_dir} keeps a checkpoint of every finished epoch; the same command with "
-              "RESUME=True carries on from them.", file=sys.stderr)
+              "RESUME=True carries on from them.", file=sys.stderr, flush=True)
         return 130
-    except Exception as error:  # noqa: BLE001 (the notebook's own error, or its kernel died: one line either way)
+    except Exception as error:  # the notebook's own error, or its kernel died: one line either way
         terminal.close()
         name, message = getattr(error, "ename", type(error).__name__), getattr(error, "evalue", str(error))
         cell = f", cell [{error.exec_count}]" if getattr(error, "exec_count", None) else ""
         first_line = message.strip().splitlines()[0] if message.strip() else "no message"
-        print(f"error: {name}: {first_line} (the executed notebook {executed} shows where{cell})", file=sys.stderr)
+        where = f"the executed notebook {executed} shows where{cell}"
+        where += "" if hasattr(error, "ename") else f"; the kernel's own messages are in {kernel_log}"
+        print(f"error: {name}: {first_line} ({where})", file=sys.stderr)
         return 1
     terminal.close()
     print(f"wrote {output_dir / 'submission.csv'} and {executed}")
@@ -127,4 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status == 130:  # interrupted: end as Ctrl-C ends a program, by SIGINT, so that make says "Interrupt"
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    sys.exit(status)
