@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TextIO
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -115,14 +116,10 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     raise FileNotFoundError(f"train.csv and test.csv not found; searched: {places}. To fix it, {DOWNLOAD_HELP}.")
 
 
-def on_kaggle() -> bool:
-    """Section 1, for output_dir_for: True on Kaggle, which sets $KAGGLE_KERNEL_RUN_TYPE and has /kaggle/working."""
-    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or (KAGGLE_ROOT / "working").is_dir()
-
-
 def output_dir_for(output_dir: str | os.PathLike | None = None, create: bool = True) -> Path:
     """Section 1: output_dir (created); None: /kaggle/working on Kaggle, where Submit looks, else ./output."""
-    folder = Path(output_dir) if output_dir is not None else KAGGLE_ROOT / "working" if on_kaggle() else Path("output")
+    on_kaggle = bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or (KAGGLE_ROOT / "working").is_dir()  # Kaggle's signs
+    folder = Path(output_dir) if output_dir is not None else KAGGLE_ROOT / "working" if on_kaggle else Path("output")
     if create:
         folder.mkdir(parents=True, exist_ok=True)
     return folder
@@ -588,13 +585,6 @@ def _rng_states(generators: Generators) -> dict:
             "generators": [generator.get_state() for generator in _as_list(generators)]}  # shuffling, augmentation
 
 
-def _saved_generators(states: dict) -> list[torch.Tensor]:
-    """The generator states in a checkpoint's "rng" entry; checkpoints from before several generators had one."""
-    if "generators" in states:
-        return states["generators"]
-    return [] if states.get("loader") is None else [states["loader"]]
-
-
 def _restore_rng_states(states: dict, generators: Generators) -> None:
     """Put back the random states saved by _rng_states."""
     version, mt_state, gauss = states["python"]
@@ -604,7 +594,7 @@ def _restore_rng_states(states: dict, generators: Generators) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
-    for generator, state in zip(_as_list(generators), _saved_generators(states)):
+    for generator, state in zip(_as_list(generators), states["generators"]):
         generator.set_state(state)
 
 
@@ -663,7 +653,7 @@ class TrainingCheckpoint:
                 raise ValueError(f"{self.path}: was written with {name}={recorded.get(name)!r}{made_on} but this run "
                                  f"has {name}={value!r}; resume with the same parameters and the same kind of "
                                  "device, or RESUME=False to start over.")
-        saved, given = len(_saved_generators(state["rng"])), len(_as_list(self.generators))
+        saved, given = len(state["rng"]["generators"]), len(_as_list(self.generators))
         if self.generators is not None and saved != given:  # restoring fewer or other generators would not repeat it
             raise ValueError(f"{self.path}: holds {saved} random generator state(s) but this run restores {given}; it "
                              "was written by another version of the training code, so run with RESUME=False to start "
@@ -825,8 +815,6 @@ def score_submission(submission_path: str | os.PathLike, labels_path: str | os.P
 
 def plot_digits(X: np.ndarray, labels: Sequence | None = None, ncols: int = 10):
     """Sections 3, 7 and 9: a grid of (N, 784) digits, each titled with its label when labels are given."""
-    import matplotlib.pyplot as plt
-
     nrows = max(1, -(-len(X) // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 1.1, nrows * 1.3), squeeze=False)
     for i, ax in enumerate(axes.flat):
@@ -841,8 +829,6 @@ def plot_digits(X: np.ndarray, labels: Sequence | None = None, ncols: int = 10):
 
 def plot_history(history: pd.DataFrame | Sequence[dict]):
     """Section 6: learning curves: training and validation loss and accuracy per epoch."""
-    import matplotlib.pyplot as plt
-
     frame = pd.DataFrame(history)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
     for ax, (name, scale, label) in zip(axes, (("loss", 1, "cross-entropy loss"), ("acc", 100, "accuracy (%)"))):
@@ -865,8 +851,6 @@ def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> pd.Series:
 
 def plot_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, title: str = "Confusion matrix"):
     """Sections 8 and 9: scikit-learn's confusion matrix of true (rows) against predicted (columns) digits."""
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6, 5.5))
     ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=list(range(N_CLASSES)), ax=ax, cmap="Blues",
                                             colorbar=False)
@@ -897,8 +881,6 @@ def plot_worst_errors(X: np.ndarray, y_true: np.ndarray, proba: np.ndarray, k: i
 
 def plot_learning_curves(histories: dict[str, pd.DataFrame]):
     """Section 9: the validation accuracy per epoch of every model of the run, on one plot."""
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(8, 4))
     for name, history in histories.items():
         ax.plot(history["epoch"], 100 * history["valid_acc"], "o-", markersize=3, label=name)

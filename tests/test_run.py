@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -301,7 +302,9 @@ def run_in_a_terminal(command: list[str], cwd: Path, env: dict, interrupt_after:
     """Run command in a pseudo-terminal and press Ctrl-C as a terminal does, once interrupt_after has been shown:
     SIGINT to the terminal's foreground process group (make, the runner, all they started in it). Returns what the
     terminal showed before the interrupt and after it, and the exit status."""
-    pid, fd = pty.fork()
+    with warnings.catch_warnings():  # Python 3.12 warns that forking a process with threads may deadlock the child;
+        warnings.simplefilter("ignore", DeprecationWarning)  # this child only changes folder and execs at once
+        pid, fd = pty.fork()
     if pid == 0:  # the child: a session of its own, with the pty as its controlling terminal
         os.chdir(cwd)
         os.execvpe(command[0], command, env)
