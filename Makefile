@@ -14,8 +14,8 @@ STAMP_MIN := $(VENV_MIN)/.requirements-installed
 VENV_KAGGLE ?= .venv-kaggle
 STAMP_KAGGLE := $(VENV_KAGGLE)/.requirements-installed
 # Python 3.12, as in Kaggle's image: python3.12 on the PATH if it runs, else pyenv's newest 3.12.
-PYTHON_KAGGLE ?= $(shell for p in "$$(command -v python3.12)" $$(ls -rd $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12.*/bin/python3.12 \
-                   2>/dev/null); do [ -n "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' \
+PYTHON_KAGGLE ?= $(shell for p in "$$(command -v python3.12)" $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12.*/bin/python3.12 \
+                   2>/dev/null | sort -rV); do [ -n "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' \
                    2>/dev/null && echo "$$p" && break; done)
 NOTEBOOK := digit_recognizer.ipynb
 OUTPUT_DIR ?= output
@@ -73,7 +73,7 @@ lint: $(STAMP)  ## ruff check: the helper, the notebook's code cells, tools, ben
 test: lint  ## Lint, then the test suite (about 4 minutes on 2 CPU cores).
 	$(BIN)/python -m pytest
 
-test-min: $(STAMP_MIN)  ## The same suite under the oldest supported libraries (requirements-min.txt, in .venv-min).
+test-min: $(STAMP_MIN)  ## The same suite under the oldest NumPy, matplotlib, scikit-learn (requirements-min.txt).
 	$(VENV_MIN)/bin/python -m pytest
 
 test-kaggle: $(STAMP_KAGGLE)  ## The same suite under Kaggle's image: Python 3.12, torch 2.10 (requirements-kaggle.txt).

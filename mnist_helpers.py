@@ -9,10 +9,10 @@ from __future__ import annotations
 __all__ = [  # what the notebook calls, by section
     "get_device", "choose_runtime", "seed_everything", "output_dir_for",                                   # 1
     "find_data_dir", "load_train_csv", "load_test_csv", "plot_digits",                                 # 2, 3
-    "split_train_valid", "to_image_tensor", "make_loaders", "Tally", "EpochProgress", "TrainingCheckpoint",  # 4, 6
+    "split_train_valid", "to_image_tensor", "Tally", "EpochProgress", "TrainingCheckpoint",               # 4, 6
     "plot_history", "predict", "predict_proba", "write_submission", "score_submission",                  # 6, 7
     "plot_confusion_matrix", "plot_worst_errors", "per_class_accuracy",                                  # 8
-    "random_affine", "one_cycle_lrs", "ensemble_proba", "plot_learning_curves",                          # 9
+    "random_affine", "one_cycle_lrs", "make_loaders", "ensemble_proba", "plot_learning_curves",          # 9
 ]
 
 import contextlib
@@ -21,8 +21,10 @@ import gzip
 import os
 import random
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 import zlib
@@ -39,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, TensorDataset, default_collate
 from tqdm.auto import tqdm
 
 N_PIXELS = 28 * 28  # 784 pixels per image, stored row-major
@@ -440,8 +442,10 @@ class Runtime:
         """Section 4: the loader itself, or on the fast path its batches sliced on the device (bigger to evaluate)."""
         plain_shuffle = type(loader.sampler) is RandomSampler and not loader.sampler.replacement and \
             loader.sampler.num_samples == len(loader.dataset) and loader.sampler.generator is loader.generator
-        if not self.data_on_device or not (plain_shuffle or type(loader.sampler) is SequentialSampler):
-            return loader  # a sampler of its own (weights, replacement): served as the DataLoader serves it
+        plain = isinstance(loader.dataset, TensorDataset) and loader.batch_size is not None and \
+            loader.collate_fn is default_collate and (plain_shuffle or type(loader.sampler) is SequentialSampler)
+        if not self.data_on_device or not plain:
+            return loader  # its own dataset, sampler or collate_fn: served as the DataLoader serves it
         training = isinstance(loader.sampler, RandomSampler)
         return DeviceBatches(loader, self.device, None if training else self.eval_batch_size)
 
@@ -598,6 +602,24 @@ def _restore_rng_states(states: dict, generators: Generators) -> None:
         generator.set_state(state)
 
 
+@contextlib.contextmanager
+def _sigint_after() -> Iterator[None]:
+    """Hold back Ctrl-C (a kernel interrupt) until the block is done, then let it act (only the main thread can)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list = []
+    previous = signal.signal(signal.SIGINT, lambda *received: held.append(received))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):  # the interrupt that came during the block, now
+            previous(*held[0])
+        elif held:
+            signal.raise_signal(signal.SIGINT)  # to the default (or ignoring) disposition put back
+
+
 class TrainingCheckpoint:
     """Sections 6 and 9: a run's weights, optimizer, history and random states: save() each epoch, load() to resume."""
 
@@ -616,7 +638,12 @@ class TrainingCheckpoint:
         self.facts = device_facts(runtime.device) if runtime else {}
 
     def save(self, epoch: int, history: Sequence[dict]) -> Path:
-        """Write the state after `epoch` atomically: the previous file survives a failed write."""
+        """Write the state after `epoch` atomically, and whole even if Ctrl-C comes meanwhile (it counts after)."""
+        with _sigint_after():
+            return self._write(epoch, history)
+
+    def _write(self, epoch: int, history: Sequence[dict]) -> Path:
+        """The atomic write itself: the previous file survives a failed one."""
         state = {"epoch": epoch, "history": [dict(row) for row in history], "config": {**self.config, **self.facts},
                  "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -634,6 +661,11 @@ class TrainingCheckpoint:
         except Exception as error:  # truncated, not a checkpoint, or holding objects weights_only refuses
             raise ValueError(f"{self.path}: is not a readable checkpoint ({type(error).__name__}); "
                              "delete it, or run with RESUME=False to start over.") from None
+        keys = {"epoch", "history", "config", "model", "optimizer", "scaler", "scheduler", "rng"}
+        if not isinstance(state, dict) or not keys <= set(state):  # e.g. a bare state_dict saved under this name
+            raise ValueError(f"{self.path}: is not a checkpoint of this notebook's training (it lacks "
+                             f"{sorted(keys - set(state if isinstance(state, dict) else ()))[0]!r}); delete it, or "
+                             "run with RESUME=False to start over.")
         self._check(state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -382,3 +382,33 @@ def test_refusals_name_the_first_entry_that_differs_and_nothing_is_restored(tmp_
     assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters()))
     with pytest.raises(ValueError, match=re.escape(refusal(path, "SEED", "None", "1"))):  # an entry it never had
         mh.TrainingCheckpoint(path, fresh, fresh_optimizer, config={"SEED": 1}).load()
+
+
+def test_a_file_torch_can_read_that_is_not_a_training_checkpoint_gets_one_line(tmp_path):
+    model, optimizer, _ = small_training_objects()
+    path = tmp_path / "checkpoint.pt"
+    torch.save(model.state_dict(), path)  # the weights alone, saved under the checkpoint's name
+    with pytest.raises(ValueError) as error:
+        mh.TrainingCheckpoint(path, model, optimizer).load()
+    assert str(error.value) == (f"{path}: is not a checkpoint of this notebook's training (it lacks 'config'); "
+                                "delete it, or run with RESUME=False to start over.")
+
+
+def test_ctrl_c_during_a_save_waits_for_the_file_to_be_whole_then_interrupts(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    model, optimizer, _ = small_training_objects()
+    checkpoint = mh.TrainingCheckpoint(tmp_path / "checkpoint.pt", model, optimizer)
+    save = torch.save
+
+    def interrupted_save(state, file):  # Ctrl-C (or the runner's kernel interrupt) arrives in the middle of the write
+        os.kill(os.getpid(), signal.SIGINT)
+        save(state, file)
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(1, [{"epoch": 1}])
+    monkeypatch.setattr(torch, "save", save)
+    assert mh.TrainingCheckpoint(tmp_path / "checkpoint.pt", model, optimizer).load() == [{"epoch": 1}]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's own handling is back

@@ -277,3 +277,20 @@ def test_a_loader_with_a_sampler_of_its_own_is_served_as_the_data_loader_serves_
     with_replacement = DataLoader(dataset, 4, sampler=torch.utils.data.RandomSampler(dataset, replacement=True))
     assert runtime.batches(weighted) is weighted and runtime.batches(with_replacement) is with_replacement
     assert isinstance(runtime.batches(DataLoader(dataset, 4, shuffle=True)), DeviceBatches)
+
+
+def test_a_loader_the_device_batches_cannot_copy_faithfully_is_left_as_it_is():
+    class Digits(torch.utils.data.Dataset):  # a dataset of its own, not a TensorDataset
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return torch.zeros(1, 28, 28), i
+
+    dataset = TensorDataset(torch.zeros(10, 1, 28, 28), torch.arange(10))
+    runtime = choose_runtime("cpu", bf16=False)
+    own_dataset = DataLoader(Digits(), 4, shuffle=True)
+    own_collate = DataLoader(dataset, 4, shuffle=True, collate_fn=lambda rows: rows)
+    own_batches = DataLoader(dataset, batch_sampler=[[0, 1], [2, 3, 4]])
+    for loader in (own_dataset, own_collate, own_batches):
+        assert runtime.batches(loader) is loader

@@ -39,6 +39,7 @@ def test_its_first_cell_writes_the_helper_hidden_and_the_rest_is_the_notebook():
     assert first["cell_type"] == "code"
     assert first["source"] == "%%writefile mnist_helpers.py\n" + (REPO_DIR / "mnist_helpers.py").read_text()
     assert first["metadata"]["jupyter"] == {"source_hidden": True} and first["metadata"]["_kg_hide-input"] is True
+    assert first["metadata"]["_kg_hide-output"] is True  # "Writing mnist_helpers.py" is no one's business
     assert kaggle["cells"][1:] == notebook["cells"] and kaggle["metadata"] == notebook["metadata"]
 
 
@@ -56,7 +57,7 @@ def test_the_kaggle_notebook_runs_in_a_fake_kaggle_tree_with_no_helper_attached(
     submission = pd.read_csv(root / "working" / "submission.csv")
     assert list(submission.columns) == ["ImageId", "Label"] and submission["ImageId"].tolist() == list(range(1, 31))
     assert submission["Label"].between(0, 9).all()
-    written = root / "working" / "mnist_helpers.py"  # by the first cell, and imported from there
+    written = root / "working" / "mnist_helpers.py"  # by the first cell: the only copy there is to import
     assert written.read_bytes() == (REPO_DIR / "mnist_helpers.py").read_bytes()
 
 

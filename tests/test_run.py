@@ -335,24 +335,25 @@ def test_ctrl_c_in_a_terminal_shows_the_interrupted_line_only_and_resume_finishe
     write_train_csv(tmp_path / "train.csv", X, y)
     write_test_csv(tmp_path / "test.csv", learnable_digits(100, seed=1)[0])
     env = clean_environment(tmp_path)
-    recipe = [f"DATA_DIR={tmp_path}", "EPOCHS=1", "BATCH_SIZE=20", "RECIPE=best", "BEST_EPOCHS=2", "ENSEMBLE=2"]
+    recipe = [f"DATA_DIR={tmp_path}", "EPOCHS=1", "BATCH_SIZE=20", "RECIPE=best", "BEST_EPOCHS=6", "ENSEMBLE=2"]
     straight = make(REPO_DIR, "run", *recipe, f"OUTPUT_DIR={tmp_path / 'straight'}", env=env)
     output, _ = straight.communicate(timeout=300)
     assert straight.returncode == 0, output
 
     command = ["make", "--no-print-directory", f"VENV={VENV}", "-o", f"{VENV}/.requirements-installed", "run",
                *recipe, f"OUTPUT_DIR={tmp_path / 'stopped'}"]
-    before, after, status = run_in_a_terminal(command, REPO_DIR, env, interrupt_after="model seed 44, epoch 1/2")
+    before, after, status = run_in_a_terminal(command, REPO_DIR, env, interrupt_after="model seed 44, epoch 1/6")
     lines = [line for line in after.replace("\r\n", "\n").splitlines() if line.strip()]
     assert lines[0] == (f"interrupted: {tmp_path / 'stopped'} keeps a checkpoint of every finished epoch; the same "
                         "command with RESUME=True carries on from them."), after
     assert re.fullmatch(r"make: \*\*\* \[Makefile:\d+: run\] Interrupt", lines[1]) and len(lines) == 2, after
-    assert status != 0 and "Traceback" not in before + after and "ZMQError" not in after
-    assert "ZMQError" in (tmp_path / "stopped" / "kernel.log").read_text()  # the dying kernel's messages go here
+    assert status != 0 and "Traceback" not in before + after and "ZMQError" not in before + after
+    assert (tmp_path / "stopped" / "kernel.log").is_file()  # where the kernel's own messages went, if it had any
 
     resumed = make(REPO_DIR, "run", *recipe, f"OUTPUT_DIR={tmp_path / 'stopped'}", "RESUME=True", env=env)
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     assert "resumed from" in output and "model seed 43, epoch" not in output  # model 43 was done: loaded, not trained
+    assert "model seed 44, epoch 6/6" in output  # model 44 was not: the interrupt stopped it, and it carries on
     for name in ("submission.csv", "submission_reference.csv"):
         assert (tmp_path / "stopped" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name

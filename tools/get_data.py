@@ -167,7 +167,7 @@ def download_data(data_dir: str | os.PathLike = PROJECT_DIR / "data", use_kaggle
                   train_rows: int | None = None, show_progress: bool = True, kaggle: str | None = None) -> Path:
     """Put train.csv and test.csv in data_dir: from Kaggle with credentials, else built from MNIST's files."""
     data_dir = Path(data_dir)
-    if all((data_dir / name).is_file() for name in ("train.csv", "test.csv")):
+    if all((data_dir / name).is_file() or (data_dir / f"{name}.gz").is_file() for name in ("train.csv", "test.csv")):
         print(f"{data_dir}: train.csv and test.csv are already there; nothing to download.")
         return data_dir
     if kaggle_credentials_found() if use_kaggle is None else use_kaggle:
@@ -175,6 +175,7 @@ def download_data(data_dir: str | os.PathLike = PROJECT_DIR / "data", use_kaggle
         print(f"{data_dir}: the competition's files from Kaggle.")
         return data_dir
     raw_dir = data_dir / "mnist"  # kept, so that a second run downloads nothing
+    pooch.get_logger().setLevel("WARNING")  # its own "Downloading file ..." notes: the progress bar says enough
     for name, md5 in (MNIST_FILES if files is None else files).items():
         fetch_mnist_file(name, md5, raw_dir, mirrors, show_progress)
     mnist_to_kaggle_layout(raw_dir, data_dir, train_rows)
@@ -193,7 +194,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mnist", action="store_true",
                         help="build them from MNIST's files even with Kaggle credentials")
     args = parser.parse_args(argv)
-    pooch.get_logger().setLevel("WARNING")  # its own "Downloading file ..." notes: the progress bar says enough
     try:
         download_data(args.data_dir, use_kaggle=False if args.mnist else None)
     except (ValueError, RuntimeError, OSError) as error:

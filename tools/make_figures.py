@@ -182,4 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status == 130:  # interrupted: end by SIGINT, as `make run` does, so that make says "Interrupt"
+        run_notebook.end_by_sigint()
+    sys.exit(status)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import os
 import re
 import signal
@@ -96,6 +97,13 @@ def kernel_logging_to(path: Path) -> type:
             with open(path, "ab") as log:  # the kernel gets its own copy of the descriptor
                 return await super().start_kernel(**{"stdout": log, "stderr": log, **kw})
 
+        async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+            """Interrupt the running cell first (after Ctrl-C), so that the kernel stops at once and then shuts down
+            on request, instead of training on until it is killed; an idle kernel ignores the interrupt."""
+            with contextlib.suppress(Exception):
+                await self.interrupt_kernel()
+            return await super().shutdown_kernel(now=now, restart=restart)
+
     return KernelLoggingToFile
 
 
@@ -116,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, RuntimeError) as error:  # no data, and none fetched: the notebook is not started
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # pooch keeps no half-downloaded file, so the same command simply fetches it again
+        print("\ninterrupted while fetching the data; nothing half-downloaded was kept, and the same command "
+              "fetches it again.", file=sys.stderr, flush=True)
+        return 130
     import papermill  # here, so that a missing-data error comes without Jupyter's start-up time
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -146,9 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def end_by_sigint() -> None:
+    """End this process as Ctrl-C ends a program, killed by SIGINT, so that make and shells see an interrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 if __name__ == "__main__":
     status = main()
-    if status == 130:  # interrupted: end as Ctrl-C ends a program, by SIGINT, so that make says "Interrupt"
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
+    if status == 130:
+        end_by_sigint()
     sys.exit(status)
