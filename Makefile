@@ -74,10 +74,10 @@ test: lint  ## Lint, then the test suite (about 4 minutes on 2 CPU cores).
 	$(BIN)/python -m pytest
 
 test-min: $(STAMP_MIN)  ## The same suite under the oldest NumPy, matplotlib, scikit-learn (requirements-min.txt).
-	$(VENV_MIN)/bin/python -m pytest
+	$(VENV_MIN)/bin/python -m pytest -m "not whole_pipeline"
 
 test-kaggle: $(STAMP_KAGGLE)  ## The same suite under Kaggle's image: Python 3.12, torch 2.10 (requirements-kaggle.txt).
-	$(VENV_KAGGLE)/bin/python -m pytest
+	$(VENV_KAGGLE)/bin/python -m pytest -m "not whole_pipeline"
 
 bench: $(STAMP)  ## Benchmark plain vs fast training (--quick, about 40 s); BENCH_ARGS=--full for 15 epochs each.
 	$(BIN)/python benchmarks/bench_training.py $(or $(BENCH_ARGS),--quick)

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_DIR, make_digits, write_test_csv, write_train_csv
 from mnist_helpers import choose_runtime, get_device
 
@@ -40,6 +42,7 @@ def test_benchmark_refuses_a_folder_without_the_csvs(tmp_path):
                                                 "pass the folder that holds them."]
 
 
+@pytest.mark.whole_pipeline
 def test_gpu_check_runs_every_stage_and_writes_its_report(tmp_path):
     # --smoke: the same five stages with 1 epoch and small models, on whatever device there is (here the CPU,
     # where the GPU tests skip), so that the script a GPU machine runs once is known to work end to end.

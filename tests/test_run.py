@@ -92,6 +92,7 @@ def learnable_mirror(tmp_path):
     server.close()
 
 
+@pytest.mark.whole_pipeline
 def test_make_run_on_a_bare_clone_fetches_the_data_and_shows_each_epoch_as_it_happens(tmp_path, fresh_clone,
                                                                                      learnable_mirror):
     mirror, mirror_env = learnable_mirror
@@ -330,6 +331,7 @@ def run_in_a_terminal(command: list[str], cwd: Path, env: dict, interrupt_after:
             os.waitstatus_to_exitcode(status))
 
 
+@pytest.mark.whole_pipeline
 def test_ctrl_c_in_a_terminal_shows_the_interrupted_line_only_and_resume_finishes_the_same_submission(tmp_path):
     X, y = learnable_digits(300)
     write_train_csv(tmp_path / "train.csv", X, y)
