@@ -70,7 +70,7 @@ lab: kernel  ## Open the notebook in JupyterLab (from .venv, with its kernel reg
 lint: $(STAMP)  ## ruff check: the helper, the notebook's code cells, tools, benchmarks and tests.
 	$(BIN)/ruff check
 
-test: lint  ## Lint, then the test suite (about 4 minutes on 2 CPU cores).
+test: lint  ## Lint, then the test suite (about 5 minutes on 2 CPU cores).
 	$(BIN)/python -m pytest
 
 test-min: $(STAMP_MIN)  ## The same suite under the oldest NumPy, matplotlib, scikit-learn (requirements-min.txt).

@@ -383,3 +383,21 @@ def test_mnist_mirrors_can_be_replaced_through_the_environment(tmp_path, mirror,
     # Without train_rows, the competition's share: 60% of the images in train.csv (42,000 of MNIST's 70,000).
     assert load_train_csv(data_dir / "train.csv")[0].shape == (60, 784)
     assert load_test_csv(data_dir / "test.csv").shape == (40, 784)
+
+
+def test_a_failed_mirror_is_named_with_its_cause_in_a_few_words(tmp_path):
+    import requests
+
+    from get_data import _reason
+
+    nested = requests.exceptions.ConnectionError(
+        "HTTPSConnectionPool(host='example.org', port=443): Max retries exceeded with url: /x.gz (Caused by "
+        "NameResolutionError(\"HTTPSConnection(host='example.org', port=443): Failed to resolve 'example.org' "
+        "([Errno -2] Name or service not known)\"))")
+    assert _reason(nested) == "failed to resolve 'example.org'"
+    assert _reason(OSError("[Errno 111] Connection refused")) == "connection refused"
+    assert _reason(ValueError("MD5 hash of downloaded file (x.gz) does not match\n the known hash")) == (
+        "MD5 hash of downloaded file (x.gz) does not match the known hash")  # kept whole, on one line
+    with pytest.raises(RuntimeError) as error:  # end to end: a port where nothing listens
+        fetch_mnist_file("x.gz", "0" * 32, tmp_path, mirrors=["http://127.0.0.1:9/"], show_progress=False)
+    assert "(http://127.0.0.1:9/: connection refused)" in str(error.value)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -114,9 +115,16 @@ def fetch_mnist_file(name: str, md5: str, folder: str | os.PathLike, mirrors: Se
             return Path(pooch.retrieve(mirror.rstrip("/") + "/" + name, known_hash=f"md5:{md5}", fname=name,
                                        path=folder, progressbar=show_progress))
         except (OSError, ValueError) as error:  # refused, 404, timeout, cut off (requests' errors are OSErrors), MD5
-            failures.append(f"{mirror}: {' '.join(str(error).split()) or type(error).__name__}")
+            failures.append(f"{mirror}: {_reason(error)}")
     raise RuntimeError(f"could not download {name} from any mirror ({'; '.join(failures)}); check the network, "
                        f"or get the competition's CSVs with `{KAGGLE_COMMAND}`.")
+
+
+def _reason(error: Exception) -> str:
+    """Why a download failed, in a few words: requests nests the cause several exceptions deep in its message."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    cause = re.search(r"Failed to resolve '[^']+'|Connection refused|timed out|Connection reset by peer", text)
+    return cause.group(0).lower() if cause else text
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
