@@ -57,9 +57,10 @@ PROJECT_DIR = Path(__file__).resolve().parent
 KAGGLE_ROOT = Path(os.environ.get("KAGGLE_ROOT", "/kaggle"))
 SEARCH_MAX_DEPTH = 4          # folders below /kaggle/input that the data search descends
 SEARCH_MAX_FOLDERS = 10_000   # and how many folders it looks at, at most: a big attached dataset stays cheap
-DOWNLOAD_HELP = ("get them with `make data` or `kaggle competitions download -c digit-recognizer -p data && unzip -o "
-                 "data/digit-recognizer.zip -d data` (docs/data.md), on Kaggle with Add Input > digit-recognizer, or "
-                 "point DATA_DIR at the folder that holds them")
+KAGGLE_COMMAND = ("kaggle competitions download -c digit-recognizer -p data && "  # by hand, as `make data` does
+                  "unzip -o data/digit-recognizer.zip -d data")
+DOWNLOAD_HELP = (f"get them with `make data` or `{KAGGLE_COMMAND}` (docs/data.md), on Kaggle with Add Input > "
+                 "digit-recognizer, or point DATA_DIR at the folder that holds them")
 
 
 # --- Finding the data (section 2) ------------------------------------------------------
@@ -74,16 +75,16 @@ def data_dir_candidates(data_dir: str | os.PathLike | None = None) -> list[Path]
             Path.cwd().parent / "input" / "digit-recognizer", PROJECT_DIR / "data"]
 
 
-def _csv_path(path: str | os.PathLike) -> Path:
-    """path (e.g. data/train.csv), or its .csv.gz copy when only that exists."""
+def csv_path(path: str | os.PathLike) -> Path:
+    """Section 2, for the loaders: path (e.g. data/train.csv), or its .csv.gz copy when only that exists."""
     plain = Path(path)
     gzipped = plain.with_name(plain.name + ".gz")
     return gzipped if gzipped.exists() and not plain.exists() else plain
 
 
-def _holds_data(folder: Path) -> bool:
-    """True when folder has both train.csv and test.csv (plain or gzipped)."""
-    return all(_csv_path(folder / name).is_file() for name in ("train.csv", "test.csv"))
+def holds_data(folder: Path) -> bool:
+    """Section 2, for find_data_dir: True when folder has both train.csv and test.csv (plain or gzipped)."""
+    return all(csv_path(folder / name).is_file() for name in ("train.csv", "test.csv"))
 
 
 def search_data_dir(root: str | os.PathLike, max_depth: int = SEARCH_MAX_DEPTH,
@@ -96,7 +97,7 @@ def search_data_dir(root: str | os.PathLike, max_depth: int = SEARCH_MAX_DEPTH,
             looked_at += 1
             if looked_at > max_folders:
                 return None
-            if _holds_data(folder):
+            if holds_data(folder):
                 return folder
             with contextlib.suppress(OSError), os.scandir(folder) as entries:  # unreadable or vanished: skip it
                 below += sorted(Path(entry.path) for entry in entries if entry.is_dir())
@@ -108,7 +109,7 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """Section 2: the folder with train.csv and test.csv: data_dir, $DATA_DIR, Kaggle's, ./data, /kaggle/input/**."""
     searched = data_dir_candidates(data_dir)
     for folder in searched:
-        if _holds_data(folder):
+        if holds_data(folder):
             return folder
     explicit = data_dir is not None or os.environ.get("DATA_DIR")
     found = None if explicit else search_data_dir(KAGGLE_ROOT / "input")  # a dataset attached under any name
@@ -229,7 +230,7 @@ def _find_bad_cell(path: Path, columns: list[str], max_rows: int | None) -> str 
 
 def _read_uint8_csv(path: str | os.PathLike, columns: list[str], max_rows: int | None) -> np.ndarray:
     """Read and fully validate a digits CSV (or its .csv.gz) into a (N, len(columns)) uint8 array."""
-    path = _csv_path(path)
+    path = csv_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file. To fix it, {DOWNLOAD_HELP}.")
     _check_header(path, _read_header(path), columns)

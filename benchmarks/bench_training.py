@@ -42,6 +42,7 @@ from mnist_helpers import (
     TRAIN_COLUMNS,
     Runtime,
     choose_runtime,
+    csv_path,
     data_dir_candidates,
     get_device,
     load_test_csv,
@@ -96,8 +97,7 @@ def find_csvs(data_dir: str | None) -> tuple[Path, Path, str]:
         *([Path(os.environ["DATA_DIR"])] if os.environ.get("DATA_DIR") else []),
         REPO_DIR.parent / "shared" / "digit-recognizer", *data_dir_candidates()]
     for folder in candidates:
-        train, test = (next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), folder / name)
-                       for name in ("train.csv", "test.csv"))
+        train, test = csv_path(folder / "train.csv"), csv_path(folder / "test.csv")
         if train.is_file() and test.is_file():
             return train, test, f"real digits from {folder}"
     if data_dir:

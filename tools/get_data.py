@@ -31,11 +31,9 @@ import pooch
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR))
 
-from mnist_helpers import N_PIXELS, PIXEL_COLUMNS, TRAIN_COLUMNS, atomic_write
+from mnist_helpers import KAGGLE_COMMAND, N_PIXELS, PIXEL_COLUMNS, TRAIN_COLUMNS, atomic_write, holds_data
 
 KAGGLE_RULES_URL = "https://www.kaggle.com/competitions/digit-recognizer/rules"
-KAGGLE_COMMAND = ("kaggle competitions download -c digit-recognizer -p data && "
-                  "unzip -o data/digit-recognizer.zip -d data")
 MNIST_FILES = {  # the four gzipped IDX files and their published MD5 checksums (the ones torchvision checks)
     "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
     "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
@@ -175,7 +173,7 @@ def download_data(data_dir: str | os.PathLike = PROJECT_DIR / "data", use_kaggle
                   train_rows: int | None = None, show_progress: bool = True, kaggle: str | None = None) -> Path:
     """Put train.csv and test.csv in data_dir: from Kaggle with credentials, else built from MNIST's files."""
     data_dir = Path(data_dir)
-    if all((data_dir / name).is_file() or (data_dir / f"{name}.gz").is_file() for name in ("train.csv", "test.csv")):
+    if holds_data(data_dir):
         print(f"{data_dir}: train.csv and test.csv are already there; nothing to download.")
         return data_dir
     if kaggle_credentials_found() if use_kaggle is None else use_kaggle:
