@@ -12,7 +12,8 @@ __all__ = [  # what the notebook calls, by section
     "split_train_valid", "to_image_tensor", "Tally", "EpochProgress", "TrainingCheckpoint",               # 4, 6
     "plot_history", "predict", "predict_proba", "write_submission", "score_submission",                  # 6, 7
     "plot_confusion_matrix", "plot_worst_errors", "per_class_accuracy",                                  # 8
-    "random_affine", "one_cycle_lrs", "make_loaders", "ensemble_proba", "plot_learning_curves",          # 9
+    "random_affine", "one_cycle_lrs", "stratified_folds", "plot_folds", "make_loaders", "ensemble_proba",  # 9
+    "accuracy_with_error", "plot_learning_curves",                                                       # 9
 ]
 
 import contextlib
@@ -40,7 +41,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, TensorDataset, default_collate
 from tqdm.auto import tqdm
 
@@ -287,6 +288,21 @@ def split_train_valid(X: np.ndarray, y: np.ndarray, valid_size: float,
                       seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Section 4: a stratified, seeded split: X_train, X_valid, y_train, y_valid, with the same mix of digits."""
     return train_test_split(X, y, test_size=valid_size, random_state=seed, stratify=y)
+
+
+def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Section 9: the fold (0 .. folds - 1) of each row (N,), seeded, each fold with the same mix of digits."""
+    counts = np.bincount(y, minlength=N_CLASSES)
+    fewest = int(np.argmin(np.where(counts > 0, counts, len(y) + 1)))  # the rarest digit present
+    if folds < 2 or counts[fewest] < folds:
+        raise ValueError(f"FOLDS={folds}: K-fold needs at least 2 folds and at least FOLDS images of each digit "
+                         f"(digit {fewest} has {counts[fewest]}); set FOLDS between 2 and {counts[fewest]}, or raise "
+                         "TRAIN_ROWS.")
+    fold = np.empty(len(y), dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for f, (_, held_out) in enumerate(splitter.split(np.zeros((len(y), 1)), y)):
+        fold[held_out] = f
+    return fold
 
 
 class DeviceBatches:
@@ -908,6 +924,28 @@ def plot_worst_errors(X: np.ndarray, y_true: np.ndarray, proba: np.ndarray, k: i
     fig = plot_digits(X[index], titles, ncols=ncols)
     for ax in fig.axes:
         ax.title.set_fontsize(8)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_with_error(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, int, float]:
+    """Section 9: accuracy, mistakes and the accuracy's standard error, sqrt(p (1 - p) / n) for n images."""
+    wrong = int((np.asarray(y_pred) != np.asarray(y_true)).sum())
+    accuracy = 1 - wrong / len(y_true)
+    return accuracy, wrong, float(np.sqrt(accuracy * (1 - accuracy) / len(y_true)))
+
+
+def plot_folds(folds: int):
+    """Section 9: which fold each K-fold model trains on and which one it is scored on, as a grid."""
+    fig, ax = plt.subplots(figsize=(1.3 * folds + 1.5, 0.45 * folds + 1))
+    ax.imshow(np.eye(folds), cmap="Oranges", vmin=-0.6, vmax=1.4, aspect="auto")
+    for model, fold in np.ndindex(folds, folds):
+        ax.text(fold, model, "scored" if model == fold else "train", ha="center", va="center", fontsize=9)
+    ax.set_xticks(range(folds), [f"fold {f + 1}" for f in range(folds)])
+    ax.set_yticks(range(folds), [f"model {m + 1}" for m in range(folds)])
+    ax.tick_params(length=0)
+    ax.set_title(f"{folds}-fold: each model learns from {folds - 1} folds and is scored on the one it never saw",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 

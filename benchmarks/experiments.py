@@ -1,18 +1,23 @@
 #!/usr/bin/env python
-"""Experiments behind docs/experiments.md: the "best" recipe's models, and ideas measured against them.
+"""Experiments behind docs/experiments.md: the "best" recipe, and ideas measured against it by out-of-fold accuracy.
 
-It trains models exactly as the notebook's RECIPE="best" does (its own Recipe, StrongerCNN, train_member and
-train_one_epoch, read from digit_recognizer.ipynb), on the notebook's split (SEED, VALID_SIZE), one per --seeds value.
-An idea changes one field of that Recipe (the network, the augmentation, the loss, the epoch function that averages
-the weights), passed to train_member as an argument, so that the notebook is changed only for the ideas that pay.
-Every model is scored on the same held-out validation images, alone and together, with its raw weights and (with
---swa-from, --ema, --snapshots) its averaged or kept ones, with and without a deterministic test-time pass over
-one-pixel shifts. No test labels are read. Each result is appended to --results, with the date, the machine and the
-command, so that docs/experiments.md's table and plot come from measured rows only.
+It trains models exactly as the notebook's RECIPE="best" does: its own Recipe, StrongerCNN, train_member,
+train_kfold and train_one_epoch, read from digit_recognizer.ipynb, K-fold over every row of train.csv (--folds,
+--rounds, --seed as the notebook's FOLDS, ROUNDS, SEED). An idea changes one field of that Recipe (the network, the
+augmentation, the loss, the schedule, the epoch function that averages the weights), passed as an argument, so that
+the notebook is changed only for the ideas that pay. Each version of the models (raw weights; with --swa-from,
+--ema, --snapshots the averaged or kept ones; with --shift-tta also a deterministic pass over one-pixel shifts) is
+scored out of fold: every row by the model that never saw it, over all 42,000 rows, with its standard error.
 
-    python benchmarks/experiments.py --idea baseline --seeds 43 44 45                     # about 13 min here
-    python benchmarks/experiments.py --idea elastic --elastic 34 4 --swa-from 20 --seeds 43 44 45
-    python benchmarks/experiments.py --report                                                # the table, from the TSV
+Ideas are compared in pairs: with the same --folds, --rounds and --seed, two runs use the same folds and the same
+seeds, so each row's right-or-wrong can be compared, and --against NAME prints and records the difference in
+out-of-fold accuracy from that run's raw weights, with the difference's own (paired) standard error. Each run keeps
+its rows' predictions in --oof-dir (ignored by git: derived from the data), and appends its results to --results
+with the date, the machine and the command. No test labels are read.
+
+    python benchmarks/experiments.py --idea baseline --ema 0.999                     # about 25 min here
+    python benchmarks/experiments.py --idea "no dropout" --dropout 0 --against baseline
+    python benchmarks/experiments.py --report                                        # the tables, from the TSV
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ import argparse
 import copy
 import functools
 import platform
+import re
 import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -41,16 +48,17 @@ from mnist_helpers import (
     choose_runtime,
     find_data_dir,
     get_device,
-    load_test_csv,
     load_train_csv,
     predict_proba,
     random_affine,
-    split_train_valid,
 )
 from notebook_cells import run_notebook_cells
 
 NOTEBOOK = REPO_DIR / "digit_recognizer.ipynb"
 RESULTS = REPO_DIR / "benchmarks" / "experiments.tsv"  # tab-separated: results, not data
+OOF_DIR = REPO_DIR / "benchmarks" / "oof"  # per run, each row's right-or-wrong: derived from the data, never committed
+COLUMNS = ["date", "machine", "device", "idea", "kind", "seed", "models", "folds", "epochs", "weights", "tta",
+           "images", "valid_acc", "std_error", "mistakes", "vs", "diff", "diff_std_error", "train_minutes", "command"]
 SHIFTS = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]  # (dx, dy) in pixels: the image itself and four 1-pixel shifts
 
 
@@ -58,14 +66,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; every default is in the help."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--idea", default="baseline", help="the name this run's rows get (default: baseline)")
+    parser.add_argument("--against", metavar="IDEA",
+                        help="compare with that recorded run's raw weights, row by row (default: none)")
     parser.add_argument("--data-dir", help="folder with train.csv (default: as the notebook searches, $DATA_DIR first)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[43, 44, 45],
-                        help="one model per seed (default: 43 44 45, the notebook's SEED + 1, 2, 3)")
+    parser.add_argument("--folds", type=int, default=5, help="K, the notebook's FOLDS (default: 5)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of K models, the notebook's ROUNDS (default: 1)")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="the notebook's SEED: round r's folds use seed + r, model k seed + k (default: 42)")
     parser.add_argument("--epochs", type=int, default=25,
                         help="epochs per model (default: 25, the notebook's BEST_EPOCHS)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="one-cycle peak learning rate (default: 3e-3)")
-    parser.add_argument("--split-seed", type=int, default=42, help="the notebook's SEED, for the split (default: 42)")
+    parser.add_argument("--lr", type=float, default=3e-3,
+                        help="the schedule's peak (one-cycle) or starting (decay) learning rate (default: 3e-3)")
+    parser.add_argument("--batch-size", type=int, default=100, help="images per step (default: 100)")
+    parser.add_argument("--decay", type=float, metavar="FACTOR",
+                        help="instead of one-cycle, multiply the learning rate by FACTOR after every epoch, as "
+                             "Deotte's kernel does with 0.95 (default: one-cycle)")
     parser.add_argument("--train-rows", type=int, help="use only the first N rows of train.csv (default: all)")
+    parser.add_argument("--width", type=int, default=32, help="StrongerCNN's first block's channels; the second "
+                                                             "and third get 2x and 4x (default: 32, Deotte's)")
+    parser.add_argument("--dropout", type=float, default=0.4, help="StrongerCNN's dropout (default: 0.4)")
     parser.add_argument("--elastic", type=float, nargs=2, metavar=("ALPHA", "SIGMA"),
                         help="add an elastic distortion after the affine one (default: none; Simard's is 34 4)")
     parser.add_argument("--label-smoothing", type=float, default=0.0, help="for the training loss (default: 0)")
@@ -77,14 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--snapshots", type=int, nargs="+", default=[], metavar="EPOCH",
                         help="also score each model's copies after these epochs, averaged with the last one "
                              "(a snapshot ensemble from one run; default: none)")
-    parser.add_argument("--width", type=int, default=32, help="StrongerCNN's first block's channels; the second "
-                                                             "and third get 2x and 4x (default: 32, Deotte's)")
-    parser.add_argument("--train-fraction", type=float, default=1.0,
-                        help="train on a random share of the training split, on the same validation images: "
-                             "0.8 against 1.0 measures what 25%% more rows (the final fit's) are worth (default: 1)")
-    parser.add_argument("--pseudo-label", type=float, metavar="CONFIDENCE",
-                        help="then train the same seeds again with the test images that the first ensemble gives "
-                             "at least this probability, under its labels (default: off; e.g. 0.999)")
+    parser.add_argument("--shift-tta", action="store_true",
+                        help="also score every version with a pass over one-pixel shifts (default: off)")
+    parser.add_argument("--oof-dir", type=Path, default=OOF_DIR,
+                        help=f"each run's out-of-fold right-or-wrong, for --against (default: {OOF_DIR.name}/)")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"append results here (default: {RESULTS.name})")
     parser.add_argument("--report", action="store_true", help="print the summary of --results and stop")
     return parser.parse_args(argv)
@@ -137,43 +152,53 @@ class WeightAverager:
         self.new_model()
 
     def new_model(self) -> None:
-        """Forget the previous model's averages and copies."""
-        self.epoch, self.averaged, self.ema, self.snapshots, self.loader = 0, None, None, [], None
+        """Forget every model's averages and copies."""
+        self.kept: dict[int, SimpleNamespace] = {}  # per model (by id): its epochs, SWA, EMA, copies, loader
+
+    def _of(self, model: nn.Module) -> SimpleNamespace:
+        """What is kept for this model: each model of a K-fold run has its own, from its first epoch."""
+        return self.kept.setdefault(id(model), SimpleNamespace(model=model, epoch=0, averaged=None, ema=None,
+                                                               snapshots=[], loader=None))
 
     def __call__(self, model, loader, loss_fn=None, optimizer=None, *args, **kwargs):
         """One epoch, as the notebook's; the EMA follows every step, then the SWA and the copies are updated."""
-        if self.ema_decay is not None and self.ema is None:  # the model's first epoch: follow its optimizer's steps
-            ema = self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay))
+        kept = self._of(model)
+        if self.ema_decay is not None and kept.ema is None:  # the model's first epoch: follow its optimizer's steps
+            ema = kept.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay))
             optimizer.register_step_post_hook(lambda *_: ema.update_parameters(model))
         result = self.train_one_epoch(model, loader, *(() if loss_fn is None else (loss_fn, optimizer)),
                                       *args, **kwargs)
-        self.epoch += 1
-        self.loader = loader
-        if self.start is not None and self.epoch >= self.start:
-            if self.averaged is None:
-                self.averaged = AveragedModel(model)  # a copy; equal weights per epoch (SWA)
-            self.averaged.update_parameters(model)
-        if self.epoch in self.snapshot_epochs:
-            self.snapshots.append(copy.deepcopy(model))
+        kept.epoch += 1
+        kept.loader = loader
+        if self.start is not None and kept.epoch >= self.start:
+            if kept.averaged is None:
+                kept.averaged = AveragedModel(model)  # a copy; equal weights per epoch (SWA)
+            kept.averaged.update_parameters(model)
+        if kept.epoch in self.snapshot_epochs:
+            kept.snapshots.append(copy.deepcopy(model))
         return result
 
-    def finished(self) -> nn.Module | None:
-        """The averaged model, with BatchNorm statistics recomputed on the training images (no augmentation)."""
-        if self.averaged is None:
+    def finished(self, model: nn.Module | None = None) -> nn.Module | None:
+        """The (last, or this) model's SWA, with BatchNorm statistics recomputed on its training images."""
+        kept = self._of(model) if model is not None else (list(self.kept.values()) or [None])[-1]
+        if kept is None or kept.averaged is None:
             return None
-        update_bn(self.loader, self.averaged)
-        return self.averaged.module
+        update_bn(kept.loader, kept.averaged)
+        return kept.averaged.module
 
     def weights(self, model: nn.Module) -> dict[str, list[nn.Module]]:
         """Every version of the model to score: its raw weights, the SWA, the EMA, and the snapshots with the last."""
+        kept = self.kept.get(id(model))
         versions = {"raw": [model]}
-        if self.averaged is not None:
-            versions["swa"] = [self.finished()]
-        if self.ema is not None:
-            update_bn(self.loader, self.ema)  # its BatchNorm statistics, measured with its own weights
-            versions["ema"] = [self.ema.module]
-        if self.snapshots:
-            versions["snapshots"] = [*self.snapshots, model]
+        if kept is None:
+            return versions
+        if kept.averaged is not None:
+            versions["swa"] = [self.finished(model)]
+        if kept.ema is not None:
+            update_bn(kept.loader, kept.ema)  # its BatchNorm statistics, measured with its own weights
+            versions["ema"] = [kept.ema.module]
+        if kept.snapshots:
+            versions["snapshots"] = [*kept.snapshots, model]
         return versions
 
 
@@ -188,15 +213,38 @@ def machine() -> str:
     return f"{name}, {torch.get_num_threads()} threads"
 
 
+def exponential_decay(factor: float):
+    """A Recipe schedule: the learning rate times factor ** epoch, stepped every batch as the notebook steps it."""
+    def schedule(optimizer, max_lr: float, epochs: int, steps_per_epoch: int):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor ** (step // steps_per_epoch))
+    return schedule
+
+
 def record(rows: list[dict], path: Path) -> None:
-    """Append rows to the tab-separated results file (created with its header the first time)."""
-    frame = pd.DataFrame(rows)
-    frame.to_csv(path, mode="a", header=not path.exists(), index=False, sep="\t")
+    """Append rows to the tab-separated results file, its columns widened to COLUMNS if it is older."""
+    frame = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    if path.exists():
+        frame = pd.concat([pd.read_csv(path, sep="\t").reindex(columns=COLUMNS), frame], ignore_index=True)
+    frame.to_csv(path, index=False, sep="\t")
 
 
 def report(path: Path) -> pd.DataFrame:
-    """Per machine and idea: mean ± sd of the single models and the largest ensemble, each version, with(out) TTA."""
+    """Per machine and idea, the K-fold runs' out-of-fold accuracy, then the earlier runs' validation figures."""
     frame = pd.read_csv(path, sep="\t")
+    kfold = frame[frame.get("kind", pd.Series(index=frame.index, dtype=object)).isin(["oof", "oof-avg"])]
+    columns = ["machine", "idea", "weights", "tta", "kind", "folds", "models", "images", "valid_acc", "std_error",
+               "mistakes", "vs", "diff", "diff_std_error", "train_minutes"]
+    table = kfold.reindex(columns=columns).copy()
+    for column in ("valid_acc", "std_error", "diff", "diff_std_error"):
+        table[column] = (100 * table[column]).round(3)  # percent, percentage points
+    return table.reset_index(drop=True)
+
+
+def validation_report(path: Path) -> pd.DataFrame:
+    """The earlier runs (one validation split): mean ± sd of the single models, and the largest ensemble."""
+    frame = pd.read_csv(path, sep="\t")
+    if "kind" in frame:
+        frame = frame[frame["kind"].isna()]
     keys = ["machine", "idea", "weights", "tta"]
     single = frame[frame["models"] == 1].groupby(keys)
     table = single["valid_acc"].agg(["mean", "std", "count"])
@@ -210,60 +258,103 @@ def report(path: Path) -> pd.DataFrame:
     return table.reset_index()
 
 
-def result(base: dict, seed: str, models: int, weights: str, tta: str, proba: np.ndarray, y_valid: np.ndarray,
+def scored(base: dict, kind: str, seed: str, models: int, weights: str, tta: str, right: np.ndarray,
            minutes: float) -> dict:
-    """One row of the results file: how many of the validation images these probabilities get wrong."""
-    wrong = int((proba.argmax(1) != y_valid).sum())
-    return {**base, "seed": seed, "models": models, "weights": weights, "tta": tta,
-            "valid_acc": 1 - wrong / len(y_valid), "mistakes": wrong, "train_minutes": round(minutes, 2)}
+    """One row of the results file, from which of its images were predicted right (a bool array)."""
+    wrong = int((~right).sum())
+    accuracy = 1 - wrong / len(right)
+    return {**base, "kind": kind, "seed": seed, "models": models, "weights": weights, "tta": tta,
+            "images": len(right), "valid_acc": accuracy, "mistakes": wrong,
+            "std_error": float(np.sqrt(accuracy * (1 - accuracy) / len(right))), "train_minutes": round(minutes, 2)}
 
 
-def train_and_score(code: dict, recipe, averager: WeightAverager, seeds: list[int], X_pool: np.ndarray,
-                    y_pool: np.ndarray, X_valid: np.ndarray, y_valid: np.ndarray, fast, output_dir: Path, base: dict
-                    ) -> tuple[list[dict], list[nn.Module], list[float]]:
-    """One model per seed, as the notebook trains them; each version scored alone, and the first k models together."""
-    probas: dict[tuple[str, str], list[np.ndarray]] = {}
-    rows, models, minutes = [], [], []
-    for seed in seeds:
-        averager.new_model()
-        model, history = code["train_member"](seed, recipe, X_pool, y_pool, X_valid, y_valid, fast, output_dir,
-                                              resume=False, progress="lines")
-        models.append(model)
-        minutes.append(history["seconds"].sum() / 60)
+def paired_difference(right: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of the per-row difference in right answers (N,), each averaged over its rounds."""
+    difference = right.astype(float) - other.astype(float)  # (N,), each in [-1, 1]
+    return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(len(difference)))
+
+
+def oof_file(oof_dir: Path, idea: str) -> Path:
+    """Where a run's out-of-fold right-or-wrong is kept, by its idea's name."""
+    return oof_dir / (re.sub(r"[^A-Za-z0-9.=-]+", "_", idea).strip("_") + ".npz")
+
+
+def load_against(oof_dir: Path, idea: str, y: np.ndarray, fold_of: np.ndarray) -> dict[str, np.ndarray]:
+    """The recorded run's right-or-wrong per row (R, N) for each version, if it used these rows and folds."""
+    path = oof_file(oof_dir, idea)
+    if not path.is_file():
+        raise SystemExit(f"--against {idea!r}: no {path}; run that idea first, with the same --folds, --rounds "
+                         "and --seed.")
+    kept = dict(np.load(path))
+    if not (np.array_equal(kept.pop("labels"), y) and np.array_equal(kept.pop("fold_of"), fold_of)):
+        raise SystemExit(f"--against {idea!r}: {path} was made on other rows or folds; run both with the same "
+                         "--folds, --rounds, --seed and --train-rows.")
+    return kept
+
+
+def train_and_score(code: dict, recipe, averager: WeightAverager, args: argparse.Namespace, X: np.ndarray,
+                    y: np.ndarray, runtime, output_dir: Path, base: dict
+                    ) -> tuple[list[dict], dict[str, np.ndarray], np.ndarray]:
+    """K-fold as the notebook trains it; each version scored on every model's own fold, then out of fold."""
+    averager.new_model()
+    models, histories, fold_of, _ = code["train_kfold"](recipe, X, y, args.folds, args.rounds, args.seed, runtime,
+                                                        output_dir, progress="lines")
+    minutes = [history["seconds"].sum() / 60 for history in histories.values()]
+    passes = [("none", lambda m, X_: predict_proba(m, X_, runtime))]
+    if args.shift_tta:
+        passes.append(("shifts", lambda m, X_: shift_tta_proba(m, X_, runtime)))
+    rows, right = [], {}  # right[(weights, tta)]: (R, N) bool, each row by the round's model that never saw it
+    for k, (model, name) in enumerate(zip(models, histories)):
+        r, held_out = k // args.folds, fold_of[k // args.folds] == k % args.folds
         for weights, versions in averager.weights(model).items():
-            for tta, predict in (("none", lambda m: predict_proba(m, X_valid, fast)),
-                                 ("shifts", lambda m: shift_tta_proba(m, X_valid, fast))):
-                proba = np.mean([predict(version) for version in versions], axis=0)  # (N_valid, 10)
-                probas.setdefault((weights, tta), []).append(proba)
-                rows.append(result(base, str(seed), 1, weights, tta, proba, y_valid, minutes[-1]))
-                print(f"  seed {seed}, {weights} weights, TTA {tta}: {100 * rows[-1]['valid_acc']:.2f}% "
-                      f"({rows[-1]['mistakes']} mistakes), {minutes[-1]:.1f} min", flush=True)
-    for k in range(2, len(seeds) + 1):  # ensembles of the first 2, 3, ... models: accuracy against minutes
-        for (weights, tta), runs in probas.items():
-            rows.append(result(base, "+".join(map(str, seeds[:k])), k, weights, tta, np.mean(runs[:k], axis=0),
-                               y_valid, sum(minutes[:k])))
-            if k == len(seeds):
-                print(f"  ensemble of {k}, {weights} weights, TTA {tta}: {100 * rows[-1]['valid_acc']:.2f}% "
-                      f"({rows[-1]['mistakes']} mistakes)", flush=True)
-    return rows, models, minutes
+            for tta, predict in passes:
+                proba = np.mean([predict(version, X[held_out]) for version in versions], axis=0)  # (n, 10)
+                hits = right.setdefault(f"{weights}-{tta}", np.zeros(fold_of.shape, dtype=bool))
+                hits[r, held_out] = proba.argmax(1) == y[held_out]
+                rows.append(scored(base, "fold", f"{args.seed + k + 1} ({name})", 1, weights, tta,
+                                   hits[r, held_out], minutes[k]))
+    for key, hits in right.items():
+        weights, tta = key.split("-")
+        for r in range(args.rounds):
+            rows.append(scored(base, "oof", f"round {r + 1}", 1, weights, tta, hits[r],
+                               sum(minutes[r * args.folds:(r + 1) * args.folds])))
+            print(f"  {weights} weights, TTA {tta}, out of fold{f' (round {r + 1})' if args.rounds > 1 else ''}: "
+                  f"{100 * rows[-1]['valid_acc']:.2f}% ± {100 * rows[-1]['std_error']:.2f} "
+                  f"({rows[-1]['mistakes']} mistakes of {len(y)})", flush=True)
+    return rows, right, fold_of
+
+
+def compare(rows: list[dict], right: dict[str, np.ndarray], idea: str, against: dict[str, np.ndarray] | None,
+            against_name: str | None) -> None:
+    """Add to every out-of-fold row its paired difference: averaged or kept weights from this run's raw ones, raw
+    weights from the --against run's raw ones (with the same TTA)."""
+    for row in rows:
+        if row["kind"] != "oof" or (row["weights"] == "raw" and against is None):
+            continue
+        r = int(row["seed"].split()[-1]) - 1
+        name, other = (idea, right) if row["weights"] != "raw" else (against_name, against)
+        if f"raw-{row['tta']}" not in other:  # that run was scored without this TTA
+            continue
+        diff, error = paired_difference(right[f"{row['weights']}-{row['tta']}"][r], other[f"raw-{row['tta']}"][r])
+        row.update(vs=f"{name}, raw weights", diff=diff, diff_std_error=error)
+        print(f"  {row['weights']} weights, TTA {row['tta']}, round {r + 1}: {100 * diff:+.3f} ± {100 * error:.3f} "
+              f"points against {name}'s raw weights", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Train the models, score them every way, print and record the results."""
     args = parse_args(argv)
     if args.report:
-        print(report(args.results).to_string(index=False))
+        with pd.option_context("display.width", 200, "display.max_columns", None):
+            print(report(args.results).to_string(index=False))
+            print("\nearlier runs, on one validation split:")
+            print(validation_report(args.results).to_string(index=False))
         return
     command = shlex.join(["python", "benchmarks/experiments.py", *(sys.argv[1:] if argv is None else argv)])
     device = get_device()
-    fast = choose_runtime(device)
+    runtime = choose_runtime(device)
     data_dir = find_data_dir(args.data_dir)
-    X_all, y_all = load_train_csv(data_dir / "train.csv", max_rows=args.train_rows)
-    X_train, X_valid, y_train, y_valid = split_train_valid(X_all, y_all, 0.2, args.split_seed)
-    if args.train_fraction < 1:  # fewer training rows, the same validation images
-        order = np.random.default_rng(args.split_seed).permutation(len(X_train))
-        keep = order[:int(args.train_fraction * len(X_train))]
-        X_train, y_train = X_train[keep], y_train[keep]
+    X, y = load_train_csv(data_dir / "train.csv", max_rows=args.train_rows)
 
     code = run_notebook_cells(NOTEBOOK, "imports", "model", "train-loop", "model-best", "best-recipe")
     scratch = tempfile.TemporaryDirectory(prefix="experiments-")  # train_member's checkpoints
@@ -276,33 +367,24 @@ def main(argv: list[str] | None = None) -> None:
             return elastic_distort(random_affine(xb, generator=generator), alpha, sigma, generator=generator)
 
     # The notebook's Recipe with this run's changes, each passed as an argument: nothing of the notebook is replaced.
-    recipe = code["Recipe"](epochs=args.epochs, lr=args.lr, batch_size=100,
-                            make_model=functools.partial(code["StrongerCNN"], width=args.width), augment=augment,
-                            loss_fn=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), train_epoch=averager)
+    recipe = code["Recipe"](epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                            make_model=functools.partial(code["StrongerCNN"], dropout=args.dropout, width=args.width),
+                            augment=augment, loss_fn=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
+                            train_epoch=averager, **({"schedule": exponential_decay(args.decay)} if args.decay else {}))
     when, where = time.strftime("%Y-%m-%d"), machine()
-    print(f"{when}: {args.idea}: {len(args.seeds)} models x {args.epochs} epochs on {device} ({where}, torch "
-          f"{torch.__version__}), {len(X_train)} training / {len(X_valid)} validation rows from {data_dir}", flush=True)
-    base = {"date": when, "machine": where, "device": device.type, "idea": args.idea, "epochs": args.epochs,
-            "command": command}
-    rows, models, minutes = train_and_score(code, recipe, averager, args.seeds, X_train, y_train, X_valid, y_valid,
-                                            fast, Path(scratch.name), base)
-
-    if args.pseudo_label is not None:  # stage 2: the test images the first ensemble is surest of, under its labels
-        X_test = load_test_csv(data_dir / "test.csv")
-        test_proba = np.mean([predict_proba(model, X_test, fast) for model in models], axis=0)  # (M, 10)
-        sure = test_proba.max(axis=1) >= args.pseudo_label
-        print(f"pseudo-labels: {sure.sum()} of {len(X_test)} test images at probability >= {args.pseudo_label:g}",
-              flush=True)
-        X_more, y_more = np.concatenate([X_train, X_test[sure]]), np.concatenate([y_train, test_proba[sure].argmax(1)])
-        more, _, _ = train_and_score(code, recipe, averager, args.seeds, X_more, y_more.astype(y_train.dtype),
-                                     X_valid, y_valid, fast, Path(scratch.name),
-                                     {**base, "idea": f"{args.idea} + pseudo-labels {args.pseudo_label:g}"})
-        for row in more:
-            row["train_minutes"] = round(row["train_minutes"] + sum(minutes), 2)  # the first stage's cost too
-        rows += more
-    columns = ["date", "machine", "device", "idea", "seed", "models", "epochs", "weights", "tta", "valid_acc",
-               "mistakes", "train_minutes", "command"]
-    record([{column: row[column] for column in columns} for row in rows], args.results)
+    print(f"{when}: {args.idea}: {args.folds}-fold x {args.rounds} round(s), {args.epochs} epochs a model, on {device} "
+          f"({where}, torch {torch.__version__}), {len(X)} rows from {data_dir}", flush=True)
+    base = {"date": when, "machine": where, "device": device.type, "idea": args.idea, "folds": args.folds,
+            "epochs": args.epochs, "command": command}
+    against = None
+    if args.against:  # refused before training, not after half an hour
+        expected = np.stack([code["mh"].stratified_folds(y, args.folds, args.seed + r) for r in range(args.rounds)])
+        against = load_against(args.oof_dir, args.against, y, expected)
+    rows, right, fold_of = train_and_score(code, recipe, averager, args, X, y, runtime, Path(scratch.name), base)
+    args.oof_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(oof_file(args.oof_dir, args.idea), labels=y, fold_of=fold_of, **right)
+    compare(rows, right, args.idea, against, args.against)
+    record(rows, args.results)
     print(f"appended {len(rows)} rows to {args.results}")
 
 

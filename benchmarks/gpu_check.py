@@ -7,8 +7,8 @@ Stages, in this order, each in its own process with its own time limit (the JSON
                 checkpoint resume, a real out-of-memory error);
   3. reference: the notebook run headless (papermill) with its defaults: the reference model's 15 epochs, timed;
   4. bench:     `benchmarks/bench_training.py --full` on the GPU;
-  5. best:      the notebook with RECIPE="best" (its ensemble of validated models), timed, with its
-                validation accuracy.
+  5. best:      the notebook with RECIPE="best" (its K-fold models), timed, with its out-of-fold
+                accuracy.
 It writes gpu-check.json and gpu-check.txt (a short table) to --out, after every stage.
 
     python benchmarks/gpu_check.py --data-dir ../shared/digit-recognizer    # or: make gpu-check DATA_DIR=...
@@ -116,8 +116,8 @@ def papermill(out: Path, name: str, data_dir: Path, limit: float, **parameters) 
                       valid_acc_final=round(100 * float(frame["valid_acc"].iloc[-1]), 2),
                       valid_acc_best=round(100 * float(frame["valid_acc"].max()), 2))
     for key, pattern in (("device_line", r"device: .*"), ("fast_path_line", r"fast path: .*"),
-                         ("ensemble_line", r"ensemble of \d+.*validation accuracy.*"),
-                         ("member_lines", r"model seed \d+: .*")):
+                         ("oof_line", r"out-of-fold.*: \d+\.\d\d% .*"),
+                         ("member_lines", r"(?:round \d+, )?fold \d+ \(seed \d+\): .*")):
         found = re.findall(pattern, text)
         if found:
             result[key] = found if key == "member_lines" else found[0]
@@ -162,7 +162,7 @@ def table(report: dict) -> str:
                                                "train_seconds", "valid_acc_final", "valid_acc_best",
                                                "speedup") if key in stage}
         lines.append(f"  {name:<10} {summary}")
-        for key in ("ensemble_line", "member_lines"):
+        for key in ("oof_line", "member_lines"):
             if key in stage:
                 found = [stage[key]] if isinstance(stage[key], str) else stage[key]
                 lines += [f"             {line}" for line in found]
@@ -188,7 +188,7 @@ def main() -> None:
               "stages": {}}
     start = time.perf_counter()
     deadline = start + args.budget
-    smoke = dict(EPOCHS=1, BEST_EPOCHS=1, ENSEMBLE=2, FINAL_FIT=False) if args.smoke else {}
+    smoke = dict(EPOCHS=1, BEST_EPOCHS=1, FOLDS=2) if args.smoke else {}
     bench_options = ["--epochs", "1", "--images", "200", "--rounds", "1"] if args.smoke else []
     if "facts" in stages:
         report["facts"] = facts()

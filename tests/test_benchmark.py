@@ -62,8 +62,8 @@ def test_gpu_check_runs_every_stage_and_writes_its_report(tmp_path):
     assert stages["tests"]["tests"] == 7 and stages["tests"]["failures"] == stages["tests"]["errors"] == 0
     assert stages["reference"]["epochs"] == 1 and 0 <= stages["reference"]["valid_acc_final"] <= 100
     assert stages["bench"]["speedup"] > 0 and set(stages["bench"]["predict_seconds"]) == {"a", "b"}
-    assert stages["best"]["ensemble_line"].startswith("ensemble of 2: validation accuracy")
+    assert stages["best"]["oof_line"].startswith("out-of-fold: ")
     assert len(stages["best"]["member_lines"]) == 2
     table = (out / "gpu-check.txt").read_text()
-    assert table.startswith("GPU check, ") and "picks: device" in table and "ensemble of 2" in table
+    assert table.startswith("GPU check, ") and "picks: device" in table and "out-of-fold: " in table
     assert done.stdout.strip().endswith(table.strip())  # the same table, printed last

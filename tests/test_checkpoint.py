@@ -308,20 +308,21 @@ def test_the_notebook_refuses_to_resume_a_checkpoint_of_another_precision(tmp_pa
         run_notebook_in_process({**parameters, "RESUME": True}, until_tag="train")
 
 
-# Calls of train_one_epoch in this run: 1 the reference model; 2-4 and 5-7 the validated models (seeds 43, 44);
-# 8-10 and 11-13 the final fit of the same seeds. `done`: the epochs each checkpoint holds when the run resumes.
+# Calls of train_one_epoch in this run: 1 the reference model; then the K-fold's models, 3 epochs each: 2-4 round 1's
+# fold 1, 5-7 its fold 2, 8-10 and 11-13 round 2's folds 1 and 2. `done`: the epochs each checkpoint holds when the
+# run resumes.
 @pytest.mark.parametrize("interrupt_at, retrained, done", [
-    (6, 2 + 6, {"checkpoint.pt": 1, "best-model-seed43.pt": 3, "best-model-seed44.pt": 1}),
-    (12, 2, {"checkpoint.pt": 1, "best-model-seed43.pt": 3, "best-model-seed44.pt": 3, "best-final-seed43.pt": 3,
-             "best-final-seed44.pt": 1}),
-], ids=["in-a-validated-model", "in-the-final-fit"])
-def test_an_interrupted_best_recipe_resumes_model_by_model_to_the_weights_of_an_uninterrupted_one(
+    (6, 2 + 6, {"checkpoint.pt": 1, "best-round1-fold1.pt": 3, "best-round1-fold2.pt": 1}),
+    (12, 2, {"checkpoint.pt": 1, "best-round1-fold1.pt": 3, "best-round1-fold2.pt": 3, "best-round2-fold1.pt": 3,
+             "best-round2-fold2.pt": 1}),
+], ids=["in-round-1", "in-round-2"])
+def test_an_interrupted_best_recipe_resumes_fold_by_fold_to_the_weights_of_an_uninterrupted_one(
         tmp_path, capsys, interrupt_at, retrained, done):
     X, y = learnable_digits(250)
     write_train_csv(tmp_path / "train.csv", X, y)
     write_test_csv(tmp_path / "test.csv", learnable_digits(40, seed=1)[0])
     common = {"DATA_DIR": str(tmp_path), "EPOCHS": 1, "BATCH_SIZE": 25, "PROGRESS": False, "LOSS_LINES": False,
-              "RECIPE": "best", "BEST_EPOCHS": 3, "ENSEMBLE": 2, "FINAL_FIT": True}
+              "RECIPE": "best", "BEST_EPOCHS": 3, "FOLDS": 2, "ROUNDS": 2}
 
     whole = run_notebook_in_process({**common, "OUTPUT_DIR": str(tmp_path / "whole")}, until_tag="best-train")
     cut = {**common, "OUTPUT_DIR": str(tmp_path / "cut")}
@@ -335,7 +336,7 @@ def test_an_interrupted_best_recipe_resumes_model_by_model_to_the_weights_of_an_
     printed = capsys.readouterr().out
 
     assert len(calls) == retrained  # finished models were loaded; the cut one carried on from its last epoch
-    names = ["checkpoint.pt", *(f"best-{kind}-seed{seed}.pt" for kind in ("model", "final") for seed in (43, 44))]
+    names = ["checkpoint.pt", *(f"best-round{r}-fold{f}.pt" for r in (1, 2) for f in (1, 2))]
     for name in names:  # each model's checkpoint says what it restored, in the order the models train
         path = tmp_path / "cut" / name
         total = 1 if name == "checkpoint.pt" else 3
@@ -344,16 +345,15 @@ def test_an_interrupted_best_recipe_resumes_model_by_model_to_the_weights_of_an_
         assert line in printed.splitlines(), (line, printed)
     assert len(calls) == sum((1 if name == "checkpoint.pt" else 3) - done.get(name, 0) for name in names)
     assert resumed["recipe"].train_epoch is resumed["train_one_epoch"]  # the counted function, from Recipe's default
-    for final, expected in zip(resumed["members"], whole["members"], strict=True):  # the final fit's models
+    for mine, expected in zip(resumed["members"], whole["members"], strict=True):  # every fold's model
         for name, weight in expected.state_dict().items():
-            assert torch.equal(final.state_dict()[name], weight), name
-    for name, history in whole["histories"].items():  # the validated models' curves, epoch by epoch
+            assert torch.equal(mine.state_dict()[name], weight), name
+    for name, history in whole["histories"].items():  # each model's curve on its own fold, epoch by epoch
         pd.testing.assert_frame_equal(resumed["histories"][name].drop(columns="seconds"),
                                       history.drop(columns="seconds"))
     assert (tmp_path / "cut" / "submission.csv").read_bytes() == (tmp_path / "whole" / "submission.csv").read_bytes()
-    for mine, expected in zip(resumed["valid_probas"], whole["valid_probas"], strict=True):  # each model's, then all
-        np.testing.assert_array_equal(mine, expected)
-    np.testing.assert_array_equal(resumed["best_proba"], whole["best_proba"])
+    np.testing.assert_array_equal(resumed["fold_of"], whole["fold_of"])
+    np.testing.assert_array_equal(resumed["oof_proba"], whole["oof_proba"])  # every row's out-of-fold prediction
 
 
 def test_restoring_another_number_of_generators_is_refused_in_one_line(tmp_path):

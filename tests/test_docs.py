@@ -59,16 +59,19 @@ def test_the_executed_copy_is_a_complete_full_run_of_the_best_recipe():
     record = notebook["metadata"]["papermill"]
     assert record["exception"] is False or record["exception"] is None
     assert record["parameters"]["RECIPE"] == "best"
-    smoke = {"EPOCHS", "TRAIN_ROWS", "TEST_ROWS", "BEST_EPOCHS", "ENSEMBLE"} & set(record["parameters"])
+    smoke = {"EPOCHS", "TRAIN_ROWS", "TEST_ROWS", "BEST_EPOCHS", "FOLDS", "ROUNDS"} & set(record["parameters"])
     assert not smoke, f"a full run takes the notebook's defaults, not {smoke}"
     cells = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
     assert all(cell["execution_count"] is not None for cell in cells)
     assert not [out for cell in cells for out in cell["outputs"] if out["output_type"] == "error"]
     printed = "".join("".join(out.get("text", "")) for cell in cells for out in cell["outputs"])
     assert "train.csv shape: (42000, 785)" in printed and "test.csv shape:  (28000, 784)" in printed
-    # The default recipe: six validated models, every one scored, and their average submitted (no refit).
-    assert re.search(r"ensemble of 6: validation accuracy \d+\.\d\d% \(\d+ mistakes\)", printed)
-    assert re.search(r"wrote \S*submission\.csv from the ensemble of 6 validated models", printed)
+    # The default recipe: 5 folds, every model scored on its own fold, the out-of-fold figure over all 42,000 images
+    # with its standard error, and the average of the 5 models submitted.
+    assert len(re.findall(r"^fold \d \(seed \d+\): \d+\.\d\d% of its 8400 held-out images, trained on 33600 ",
+                          printed, re.MULTILINE)) == 5
+    assert re.search(r"out-of-fold: \d+\.\d\d% ± 0\.0\d \(\d+ mistakes in 42000 images\)", printed)
+    assert re.search(r"wrote \S*submission\.csv: the average of all 5 models", printed)
 
 
 def test_the_executed_copy_is_small_and_reads_well_on_github():

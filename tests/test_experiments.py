@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from torch import nn
 
@@ -59,28 +60,99 @@ def test_weight_averaging_averages_the_chosen_epochs_and_recomputes_batchnorm():
     assert nothing.finished() is None
 
 
-def test_a_tiny_run_records_every_model_and_ensemble_and_reports_them(tmp_path, capsys):
-    X, y = learnable_digits(400)
+def tiny_data(tmp_path, n=400):
+    X, y = learnable_digits(n)
     write_train_csv(tmp_path / "train.csv", X, y)
     write_test_csv(tmp_path / "test.csv", learnable_digits(10, seed=1)[0])
-    results = tmp_path / "experiments.tsv"
-    experiments.main(["--idea", "tiny", "--data-dir", str(tmp_path), "--seeds", "1", "2", "--epochs", "2",
-                      "--swa-from", "2", "--elastic", "34", "4", "--label-smoothing", "0.1",
-                      "--results", str(results)])
+    return X, y
+
+
+def test_a_tiny_run_scores_every_version_on_each_fold_and_out_of_fold_and_reports_them(tmp_path, capsys):
+    _, y = tiny_data(tmp_path)
+    results, oof_dir = tmp_path / "experiments.tsv", tmp_path / "oof"
+    experiments.main(["--idea", "tiny", "--data-dir", str(tmp_path), "--folds", "2", "--epochs", "2", "--width", "4",
+                      "--swa-from", "2", "--ema", "0.9", "--elastic", "34", "4", "--label-smoothing", "0.1",
+                      "--shift-tta", "--results", str(results), "--oof-dir", str(oof_dir)])
     rows = pd.read_csv(results, sep="\t")
-    assert len(rows) == 2 * 4 + 4  # per model: raw and averaged weights, each without and with TTA; then ensembles
-    assert set(rows["weights"]) == {"raw", "swa"} and set(rows["tta"]) == {"none", "shifts"}
-    assert rows["models"].tolist().count(2) == 4
-    assert np.allclose(rows["mistakes"], (1 - rows["valid_acc"]) * 80)  # 80 validation images: 20% of 400
+    assert list(rows.columns) == experiments.COLUMNS
+    folds, oof = rows[rows["kind"] == "fold"], rows[rows["kind"] == "oof"]
+    assert len(folds) == 2 * 3 * 2 and len(oof) == 3 * 2 and len(rows) == 18  # 2 models x 3 versions x 2 TTAs
+    assert set(rows["weights"]) == {"raw", "swa", "ema"} and set(rows["tta"]) == {"none", "shifts"}
+    assert (folds["images"] == 200).all() and (oof["images"] == 400).all()  # out of fold: every row
+    assert np.allclose(rows["mistakes"], (1 - rows["valid_acc"]) * rows["images"])
+    assert np.allclose(rows["std_error"], np.sqrt(rows["valid_acc"] * (1 - rows["valid_acc"]) / rows["images"]))
     assert rows["command"].iloc[0].startswith("python benchmarks/experiments.py --idea tiny")
+    kept = np.load(experiments.oof_file(oof_dir, "tiny"))
+    assert np.array_equal(kept["labels"], y) and kept["fold_of"].shape == (1, 400)
+    for _, row in oof.iterrows():  # each OOF figure is its kept right-or-wrong over all 400 rows
+        assert kept[f"{row['weights']}-{row['tta']}"][0].sum() == 400 - row["mistakes"]
+    # The averaged weights are compared with the same run's raw weights, row by row (the same TTA):
+    averaged = oof[oof["weights"] != "raw"]
+    assert (averaged["vs"] == "tiny, raw weights").all() and oof[oof["weights"] == "raw"]["vs"].isna().all()
+    for _, row in averaged.iterrows():
+        raw = oof[(oof["weights"] == "raw") & (oof["tta"] == row["tta"])].iloc[0]
+        assert row["diff"] == pytest.approx(row["valid_acc"] - raw["valid_acc"])  # paired: the same rows
+        difference = (kept[f"{row['weights']}-{row['tta']}"][0].astype(float)
+                      - kept[f"raw-{row['tta']}"][0].astype(float))
+        assert row["diff_std_error"] == pytest.approx(difference.std(ddof=1) / np.sqrt(400))
     capsys.readouterr()
     experiments.main(["--report", "--results", str(results)])
     printed = capsys.readouterr().out
-    assert "tiny" in printed and "minutes_per_model" in printed
+    assert "tiny" in printed and "diff_std_error" in printed
     summary = experiments.report(results)
-    raw = summary[(summary["weights"] == "raw") & (summary["tta"] == "none")].iloc[0]
-    singles = rows[(rows["models"] == 1) & (rows["weights"] == "raw") & (rows["tta"] == "none")]["valid_acc"]
-    assert np.isclose(raw["mean"], round(100 * singles.mean(), 3)) and raw["count"] == 2
+    assert len(summary) == 6 and summary["valid_acc"].tolist() == (100 * oof["valid_acc"]).round(3).tolist()
+
+
+def test_the_paired_difference_and_its_standard_error_by_hand():
+    right = np.array([1, 1, 1, 0, 1, 0, 1, 1], dtype=bool)
+    other = np.array([1, 0, 1, 1, 1, 0, 0, 1], dtype=bool)  # differences: 0 1 0 -1 0 0 1 0
+    diff, error = experiments.paired_difference(right, other)
+    assert diff == pytest.approx(1 / 8)
+    d = np.array([0, 1, 0, -1, 0, 0, 1, 0])
+    assert error == pytest.approx(np.sqrt(((d - d.mean()) ** 2).sum() / 7 / 8))
+    # Pairing is what makes it sharp: the same right answers on most rows cancel, and only the rows where the two
+    # disagree count. Unpaired, the standard error would be sqrt(p1 q1 / n + p2 q2 / n), larger here.
+    p1, p2 = right.mean(), other.mean()
+    assert error < np.sqrt(p1 * (1 - p1) / 8 + p2 * (1 - p2) / 8)
+
+
+def test_an_idea_is_compared_with_another_run_on_the_same_folds_or_refused_before_training(tmp_path, monkeypatch,
+                                                                                          capsys):
+    tiny_data(tmp_path, 300)
+    common = ["--data-dir", str(tmp_path), "--folds", "3", "--epochs", "2", "--width", "4",
+              "--results", str(tmp_path / "r.tsv"), "--oof-dir", str(tmp_path / "oof")]
+    experiments.main(["--idea", "base", *common])
+    experiments.main(["--idea", "no dropout", "--dropout", "0", "--decay", "0.95", "--batch-size", "64",
+                      "--against", "base", *common])
+    rows = pd.read_csv(tmp_path / "r.tsv", sep="\t")
+    base, other = (rows[(rows["idea"] == idea) & (rows["kind"] == "oof")].iloc[0] for idea in ("base", "no dropout"))
+    assert other["vs"] == "base, raw weights" and pd.isna(base["vs"])
+    assert other["diff"] == pytest.approx(other["valid_acc"] - base["valid_acc"])
+    mine, theirs = (np.load(experiments.oof_file(tmp_path / "oof", idea)) for idea in ("no dropout", "base"))
+    assert np.array_equal(mine["fold_of"], theirs["fold_of"])  # the same folds, so the rows pair up
+    difference = mine["raw-none"][0].astype(float) - theirs["raw-none"][0].astype(float)
+    assert other["diff_std_error"] == pytest.approx(difference.std(ddof=1) / np.sqrt(300))
+
+    monkeypatch.setattr(experiments, "train_and_score", lambda *args: pytest.fail("trained before refusing"))
+    for argv, message in (
+            (["--against", "nothing yet"], "--against 'nothing yet': no "),
+            (["--against", "base", "--seed", "7"], "--against 'base': "),  # other folds: other seeds
+    ):
+        with pytest.raises(SystemExit) as error:
+            experiments.main(["--idea", "refused", *common, *argv])
+        assert str(error.value).startswith(message), error.value
+    assert "other rows or folds" in str(error.value)
+
+
+def test_deottes_decay_multiplies_the_learning_rate_once_per_epoch():
+    optimizer = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = experiments.exponential_decay(0.95)(optimizer, max_lr=1e-3, epochs=3, steps_per_epoch=4)
+    lrs = []
+    for _ in range(12):  # stepped after every batch, as the notebook steps its schedule
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    np.testing.assert_allclose(lrs, [1e-3] * 4 + [0.95e-3] * 4 + [0.95**2 * 1e-3] * 4)
 
 
 def small_bn_net() -> nn.Module:
@@ -182,59 +254,6 @@ def test_snapshots_are_independent_copies_after_the_chosen_epochs_then_the_live_
     assert "snapshots" not in averager.weights(model)
 
 
-def test_pseudo_labels_and_train_fraction_end_to_end(tmp_path, capsys, monkeypatch):
-    X, y = learnable_digits(400)
-    write_train_csv(tmp_path / "train.csv", X, y)
-    X_test = learnable_digits(10, seed=1)[0]
-    write_test_csv(tmp_path / "test.csv", X_test)
-    results = tmp_path / "experiments.tsv"
-    stages = []  # what each call of train_and_score was given, and what it returned before main changed it
-
-    def spy(code, recipe, averager, seeds, X_pool, y_pool, X_valid, y_valid, fast, output_dir, base):
-        rows, models, minutes = real(code, recipe, averager, seeds, X_pool, y_pool, X_valid, y_valid, fast,
-                                     output_dir, base)
-        if not stages:  # tiny models train in a fraction of a second: say the first stage's took a minute longer
-            minutes = [m + 1.0 for m in minutes]  # each, so that its cost shows in the 2-decimal minutes
-        stages.append(dict(X_pool=X_pool, X_valid=X_valid, minutes=list(minutes), models=models,
-                           row_minutes=[row["train_minutes"] for row in rows]))
-        return rows, models, minutes
-
-    real = experiments.train_and_score
-    monkeypatch.setattr(experiments, "train_and_score", spy)
-    experiments.main(["--idea", "tiny", "--data-dir", str(tmp_path), "--seeds", "1", "2", "3", "--epochs", "2",
-                      "--train-fraction", "0.5", "--pseudo-label", "0.1", "--width", "8",
-                      "--results", str(results)])
-    printed = capsys.readouterr().out
-
-    # --train-fraction: half of the training split, on the full run's validation images
-    X_train, X_valid, _, _ = experiments.split_train_valid(X, y, 0.2, 42)
-    assert (len(X_train), len(X_valid)) == (320, 80)
-    assert "160 training / 80 validation rows" in printed
-    assert len(stages) == 2 and len(stages[0]["X_pool"]) == 160
-    assert np.array_equal(stages[0]["X_valid"], X_valid) and np.array_equal(stages[1]["X_valid"], X_valid)
-    training = {row.tobytes() for row in X_train}
-    assert all(row.tobytes() in training for row in stages[0]["X_pool"])
-    assert all(model.head.in_features == 32 for model in stages[0]["models"])  # --width 8: 8, 16, 32 channels
-
-    # --pseudo-label 0.1: every test image is at least that sure (ten classes), so all ten join the second stage
-    assert "pseudo-labels: 10 of 10 test images" in printed
-    assert len(stages[1]["X_pool"]) == 160 + 10
-    assert np.array_equal(stages[1]["X_pool"][160:], X_test)
-    rows = pd.read_csv(results, sep="\t")
-    first, second = rows[rows["idea"] == "tiny"], rows[rows["idea"] == "tiny + pseudo-labels 0.1"]
-    assert len(first) == len(second) == 3 * 2 + 2 * 2 and len(rows) == 20  # 3 models, 2 ensembles; 2 TTAs
-    first_total = sum(stages[0]["minutes"])  # what main was told the first stage cost: over 3 minutes
-    assert (second["train_minutes"] >= round(first_total, 2)).all()
-    assert np.allclose(second["train_minutes"], [round(own + first_total, 2) for own in stages[1]["row_minutes"]],
-                       rtol=0, atol=1e-9)  # each row's own minutes plus the whole first stage's
-    for stage in (first, second):
-        for weights, tta in (("raw", "none"), ("raw", "shifts")):
-            runs = stage[(stage["weights"] == weights) & (stage["tta"] == tta)]
-            assert sorted(runs["models"]) == [1, 1, 1, 2, 3]
-            assert set(runs[runs["models"] > 1]["seed"]) == {"1+2", "1+2+3"}
-    assert np.allclose(first["train_minutes"], stages[0]["row_minutes"], rtol=0, atol=1e-9)  # the first: as they were
-
-
 def notebook_state(code: dict) -> dict:
     """What the notebook's code reads when it runs, each value as an object to compare by identity.
 
@@ -276,9 +295,10 @@ def test_a_run_replaces_nothing_in_the_notebooks_namespace_and_passes_its_change
     monkeypatch.setattr(experiments, "train_and_score", train_and_score)
     # Every option that once overwrote a notebook global: the epochs, the model's width, the loss, the augmentation
     # and the epoch function (SWA, EMA, snapshots); and the pseudo-labels' second stage, which trains again.
-    experiments.main(["--idea", "tiny", "--data-dir", str(tmp_path), "--seeds", "1", "--epochs", "2", "--width", "8",
-                      "--label-smoothing", "0.1", "--elastic", "34", "4", "--swa-from", "2", "--ema", "0.9",
-                      "--snapshots", "1", "--pseudo-label", "0.1", "--results", str(tmp_path / "results.tsv")])
+    experiments.main(["--idea", "tiny", "--data-dir", str(tmp_path), "--folds", "2", "--epochs", "2", "--width", "8",
+                      "--dropout", "0.1", "--label-smoothing", "0.1", "--elastic", "34", "4", "--swa-from", "2",
+                      "--ema", "0.9", "--snapshots", "1", "--decay", "0.9", "--batch-size", "50",
+                      "--results", str(tmp_path / "results.tsv"), "--oof-dir", str(tmp_path / "oof")])
 
     [(code, before)] = namespaces
     after = notebook_state(code)
@@ -286,10 +306,11 @@ def test_a_run_replaces_nothing_in_the_notebooks_namespace_and_passes_its_change
                "removed": sorted(map(str, before.keys() - after.keys())),
                "replaced": sorted(str(key) for key in before.keys() & after.keys() if after[key] is not before[key])}
     assert changes == {"added": [], "removed": [], "replaced": []}
-    assert len(given) == 2 and all(stage_code is code for stage_code, _ in given)
+    assert len(given) == 1 and given[0][0] is code
     recipe = given[0][1]
-    assert given[1][1] is recipe and isinstance(recipe, code["Recipe"])
-    assert (recipe.epochs, recipe.lr, recipe.batch_size) == (2, 3e-3, 100)
+    assert isinstance(recipe, code["Recipe"])
+    assert (recipe.epochs, recipe.lr, recipe.batch_size) == (2, 3e-3, 50)
+    assert recipe.make_model().features[3].p == 0.1 and recipe.schedule is not code["Recipe"].schedule
     assert recipe.make_model().head.in_features == 32 and recipe.loss_fn.label_smoothing == 0.1
     assert isinstance(recipe.train_epoch, experiments.WeightAverager)
     assert recipe.train_epoch.train_one_epoch is code["train_one_epoch"]  # it wraps the notebook's own loop

@@ -181,19 +181,23 @@ def test_train_member_takes_every_part_of_its_recipe_as_given(tmp_path):
         augmented.append((len(xb), isinstance(generator, torch.Generator)))
         return random_affine(xb, generator=generator)
 
+    schedules = []
+
+    def schedule(optimizer, max_lr, epochs, steps_per_epoch):
+        schedules.append((max_lr, epochs, steps_per_epoch))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
     recipe = code["Recipe"](epochs=2, lr=1e-3, batch_size=18, make_model=lambda: code["StrongerCNN"](width=4),
-                            augment=augment, loss_fn=loss_fn, train_epoch=train_epoch)
+                            augment=augment, loss_fn=loss_fn, train_epoch=train_epoch, schedule=schedule)
     runtime = choose_runtime("cpu", fast=False)
-    model, history = code["train_member"](7, recipe, X[:50], y[:50], X[50:], y[50:], runtime, tmp_path,
+    model, history = code["train_member"](7, recipe, X[:50], y[:50], X[50:], y[50:], runtime, tmp_path / "m.pt",
                                           progress=False)
     assert model.head.in_features == 16  # width 4: 4, 8, 16 channels
-    assert calls == [("StrongerCNN", [18, 18, 9], True, 0)] * 2  # its own 90% of the 50 rows: 45
-    assert augmented == [(18, True), (18, True), (9, True)] * 2  # every batch, with the member's own generator
+    assert calls == [("StrongerCNN", [18, 18, 14], True, 0)] * 2  # every one of the 50 rows it was given
+    assert augmented == [(18, True), (18, True), (14, True)] * 2  # every batch, with the member's own generator
+    assert schedules == [(1e-3, 2, 3)]  # the recipe's peak, epochs, and this loader's batches
     assert history["epoch"].tolist() == [1, 2]
     assert list(history.columns) == ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds"]
-    assert [p.name for p in tmp_path.iterdir()] == ["best-model-seed7.pt"]
-    assert torch.load(tmp_path / "best-model-seed7.pt", weights_only=True)["config"]["EPOCHS"] == 2
-    _, final = code["train_member"](7, recipe, X, y, None, None, runtime, tmp_path, progress=False)  # no validation
-    assert list(final.columns) == ["epoch", "train_loss", "train_acc", "seconds"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-final-seed7.pt", "best-model-seed7.pt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["config"]["EPOCHS"] == 2
     assert code["Recipe"](epochs=1, lr=1e-3, batch_size=10).train_epoch is code["train_one_epoch"]  # the default

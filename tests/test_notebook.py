@@ -35,7 +35,7 @@ from notebook_cells import notebook_code_cells
 PARAMETERS = {"DATA_DIR": None, "EPOCHS": 15, "BATCH_SIZE": 100, "LR": 1e-3, "VALID_SIZE": 0.2, "SEED": 42,
               "TRAIN_ROWS": None, "TEST_ROWS": None, "OUTPUT_DIR": None, "FAST": True,
               "PROGRESS": True, "LOSS_LINES": True, "RESUME": False, "DETERMINISTIC": False, "RECIPE": "reference",
-              "BEST_EPOCHS": 25, "BEST_LR": 3e-3, "ENSEMBLE": 6, "TTA": 0, "FINAL_FIT": False}
+              "BEST_EPOCHS": 25, "BEST_LR": 3e-3, "FOLDS": 5, "ROUNDS": 1, "TTA": 0}
 
 
 def run_notebook(tmp_path, **parameters):
@@ -178,26 +178,38 @@ def test_smoke_run_of_the_best_recipe_writes_its_submission_and_shows_the_analys
     write_train_csv(tmp_path / "train.csv", X, y)
     write_test_csv(tmp_path / "test.csv", make_digits(100, seed=1)[0])
     output_dir, executed = run_notebook(tmp_path, DATA_DIR=str(tmp_path), EPOCHS=1, RECIPE="best", BEST_EPOCHS=2,
-                                        ENSEMBLE=2, TTA=1, FINAL_FIT=True, PROGRESS="lines")
+                                        FOLDS=2, ROUNDS=2, TTA=1, PROGRESS="lines")
     check_submission_file(output_dir / "submission.csv", rows=100)
     check_submission_file(output_dir / "submission_reference.csv", rows=100)
     experiments = pd.read_csv(output_dir / "experiments.csv")
-    assert experiments["recipe"].tolist() == ["reference", "best, seed 43", "best, seed 44",
-                                              "best, ensemble of 2 + 1 TTA"]
-    assert experiments["epochs"].tolist() == [1, 2, 2, 2] and experiments["valid_acc"].between(0, 1).all()
-    assert experiments["models"].tolist() == [1, 1, 1, 2]
-    assert np.isclose(experiments["train_seconds"].iloc[3], experiments["train_seconds"].iloc[1:3].sum())
+    assert experiments["recipe"].tolist() == [
+        "reference", "best, round 1, fold 1", "best, round 1, fold 2", "best, round 2, fold 1",
+        "best, round 2, fold 2", "best, out of fold, round 1", "best, out of fold, round 2",
+        "best, out of fold, 2 models a row"]
+    assert experiments["epochs"].tolist() == [1, 2, 2, 2, 2, 2, 2, 2] and experiments["valid_acc"].between(0, 1).all()
+    assert experiments["models"].tolist() == [1, 1, 1, 1, 1, 1, 1, 2]
+    assert experiments["images"].tolist() == [80, 200, 200, 200, 200, 400, 400, 400]  # out of fold: all 400 rows
+    right = experiments["valid_acc"] * experiments["images"]
+    assert np.allclose(right, right.round()) and np.allclose(experiments["mistakes"], experiments["images"] - right)
+    assert np.allclose(experiments["std_error"], np.sqrt(experiments["valid_acc"] * (1 - experiments["valid_acc"])
+                                                         / experiments["images"]))
+    assert np.isclose(experiments["train_seconds"].iloc[5], experiments["train_seconds"].iloc[1:3].sum())
+    assert np.isclose(experiments["train_seconds"].iloc[7], experiments["train_seconds"].iloc[1:5].sum())
+    oof = pd.read_csv(output_dir / "oof.csv")
+    assert list(oof.columns) == ["row", "label", "oof_pred", "fold_round1", "fold_round2"] and len(oof) == 400
+    assert (oof["label"] == y).all() and set(oof["fold_round1"]) == {0, 1}
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
-    assert "model seed 43: validation accuracy" in text and "ensemble of 2 with 1 TTA passes" in text
-    assert "from the ensemble of 2 refitted models" in text
-    # PROGRESS="lines": a line per epoch of every model, the final fit's without an accuracy (nothing is held out),
-    # each with the time left of the whole recipe (here 0 s: these epochs are quick), and no progress widgets.
-    epoch_lines = re.findall(r"^(reference model|model seed \d+|final fit seed \d+), epoch (\d)/(\d): train loss "
-                             r"\d\.\d{4}(, valid acc \d+\.\d\d%)?, \d+\.\d s, \d\d:\d\d left$", text, re.MULTILINE)
-    assert [(name, epoch, bool(valid)) for name, epoch, _, valid in epoch_lines] == [
-        ("reference model", "1", True), ("model seed 43", "1", True), ("model seed 43", "2", True),
-        ("model seed 44", "1", True), ("model seed 44", "2", True), ("final fit seed 43", "1", False),
-        ("final fit seed 43", "2", False), ("final fit seed 44", "1", False), ("final fit seed 44", "2", False)]
+    assert re.search(r"^round 1, fold 1 \(seed 43\): \d+\.\d\d% of its 200 held-out images, trained on 200 "
+                     r"for 2 epochs", text, re.MULTILINE)
+    for line in ("out-of-fold, round 1: ", "out-of-fold, round 2: ", "out-of-fold, 2 models a row: "):
+        assert re.search(re.escape(line) + r"\d+\.\d\d% ± \d+\.\d\d \(\d+ mistakes", text), line
+    assert "the average of all 4 models" in text
+    # PROGRESS="lines": a line per epoch of every model, each with the time left of the whole recipe (here 0 s:
+    # these epochs are quick), and no progress widgets.
+    epoch_lines = re.findall(r"^(reference model|round \d, fold \d), epoch (\d)/(\d): train loss "
+                             r"\d\.\d{4}, valid acc \d+\.\d\d%, \d+\.\d s, \d\d:\d\d left$", text, re.MULTILINE)
+    assert [(name, epoch) for name, epoch, _ in epoch_lines] == [("reference model", "1")] + [
+        (f"round {r}, fold {f}", str(e)) for r in (1, 2) for f in (1, 2) for e in (1, 2)]
     assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
                 if make_figures.WIDGET_VIEW in o.get("data", {})]
     tagged = {tag: c for c in executed.cells for tag in c.metadata.get("tags", [])}
@@ -280,4 +292,4 @@ def test_with_the_reference_recipe_section_9_shows_no_empty_cells(tmp_path):
             assert cell.outputs, f"an empty cell in section 9: {cell.source[:60]!r}"
     printed = [o["text"] for c in cells if "best-train" in c.metadata.get("tags", []) for o in c.outputs]
     assert len(printed) == 1 and printed[0].count("\n") == 1  # one line says what RECIPE = "best" adds
-    assert printed[0].startswith('RECIPE = "reference", so no ensemble here: RECIPE = "best" trains 6 StrongerCNNs')
+    assert printed[0].startswith('RECIPE = "reference", so no K-fold here: RECIPE = "best" trains 5 StrongerCNNs')

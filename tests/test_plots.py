@@ -56,41 +56,49 @@ def test_per_class_accuracy_matches_a_hand_count_on_random_predictions():
 
 
 def measured_rows() -> pd.DataFrame:
-    """A few rows as benchmarks/experiments.py records them."""
-    columns = ["device", "idea", "weights", "tta", "models", "valid_acc", "train_minutes"]
+    """A few rows as benchmarks/experiments.py records them: earlier runs on one split (no kind), then K-fold ones."""
+    columns = ["device", "idea", "kind", "weights", "tta", "models", "valid_acc", "train_minutes"]
     return pd.DataFrame([
-        ("cpu", "base", "raw", "none", 1, 0.990, 4.0), ("cpu", "base", "raw", "none", 1, 0.970, 5.0),
-        ("cpu", "base", "raw", "none", 2, 0.991, 9.0), ("cpu", "base", "raw", "none", 3, 0.992, 13.0),
-        ("cpu", "base", "swa", "shifts", 1, 0.960, 4.0), ("cuda", "base", "raw", "none", 1, 0.999, 1.0),
-        ("cpu", "alone", "raw", "none", 1, 0.950, 2.0)], columns=columns)
+        ("cpu", "base", None, "raw", "none", 1, 0.990, 4.0), ("cpu", "base", None, "raw", "none", 1, 0.970, 5.0),
+        ("cpu", "base", None, "raw", "none", 2, 0.991, 9.0), ("cpu", "base", None, "raw", "none", 3, 0.992, 13.0),
+        ("cpu", "base", None, "swa", "shifts", 1, 0.960, 4.0), ("cuda", "base", None, "raw", "none", 1, 0.999, 1.0),
+        ("cpu", "alone", None, "raw", "none", 1, 0.950, 2.0),
+        ("cpu", "kfold", "fold", "raw", "none", 1, 0.995, 5.0), ("cpu", "kfold", "fold", "raw", "none", 1, 0.997, 5.0),
+        ("cpu", "kfold", "oof", "raw", "none", 1, 0.996, 10.0)], columns=columns)
 
 
-def test_measured_points_are_each_variants_mean_model_then_its_largest_ensemble_on_one_device():
+def test_measured_points_are_each_variants_out_of_fold_figure_or_mean_model_then_largest_ensemble_on_one_device():
     points = measured_points(measured_rows(), "cpu")
-    assert points["variant"].tolist() == ["base", "base", "base, swa weights, shift TTA", "alone"]
-    assert points["models"].tolist() == [1, 3, 1, 1]
-    np.testing.assert_allclose(points["valid_acc"], [0.980, 0.992, 0.960, 0.950])  # the GPU's 0.999 is left out
-    np.testing.assert_allclose(points["minutes"], [4.5, 13.0, 4.0, 2.0])
+    assert points["variant"].tolist() == ["base", "base", "base, swa weights, shift TTA", "alone",
+                                          "kfold, out of fold"]
+    assert points["kind"].tolist() == ["validation"] * 4 + ["oof"]
+    assert points["models"].tolist() == [1, 3, 1, 1, 1]
+    np.testing.assert_allclose(points["valid_acc"], [0.980, 0.992, 0.960, 0.950, 0.996])  # not the GPU's 0.999
+    np.testing.assert_allclose(points["minutes"], [4.5, 13.0, 4.0, 2.0, 10.0])  # K-fold: all its models' minutes
 
 
-def test_accuracy_plot_puts_every_model_and_ensemble_at_its_minutes():
-    experiments = pd.DataFrame({"recipe": ["reference", "best, seed 43", "best, seed 44", "best, ensemble of 2"],
-                                "models": [1, 1, 1, 2], "valid_acc": [0.9889, 0.9956, 0.9960, 0.9963],
+def test_accuracy_plot_puts_every_model_and_the_out_of_fold_figure_at_its_minutes():
+    experiments = pd.DataFrame({"recipe": ["reference", "best, fold 1", "best, fold 2", "best, out of fold"],
+                                "models": [1, 1, 1, 1], "valid_acc": [0.9889, 0.9956, 0.9960, 0.9958],
                                 "train_seconds": [150.0, 240.0, 300.0, 540.0]})
     fig = plot_accuracy_vs_minutes(experiments, measured_points(measured_rows(), "cpu"))
     whole, top = fig.axes
     for ax in (whole, top):
-        singles, ensembles, *measured = ax.get_lines()
+        singles, pooled, *measured = ax.get_lines()
         np.testing.assert_allclose(singles.get_xdata(), [2.5, 4.0, 5.0])
         np.testing.assert_allclose(singles.get_ydata(), [98.89, 99.56, 99.60])
-        np.testing.assert_allclose(ensembles.get_xdata(), [9.0])
-        np.testing.assert_allclose(ensembles.get_ydata(), [99.63])
-        assert len(measured) == 3  # one line per measured variant: its mean model, then its ensemble
+        np.testing.assert_allclose(pooled.get_xdata(), [9.0])
+        np.testing.assert_allclose(pooled.get_ydata(), [99.58])
+        assert len(measured) == 4  # one line per measured variant: its mean model, then its ensemble; or its OOF
         np.testing.assert_allclose(measured[0].get_xdata(), [4.5, 13.0])
         np.testing.assert_allclose(measured[0].get_ydata(), [98.0, 99.2])
+        np.testing.assert_allclose(measured[3].get_xdata(), [10.0])
+        np.testing.assert_allclose(measured[3].get_ydata(), [99.6])
     assert whole.get_ylim()[0] == pytest.approx(95.0 - 0.2)  # everything: down to the lowest point, 95.0%
-    assert top.get_ylim()[0] == pytest.approx(99.63 - 0.3)  # only the top 0.3 points
-    assert "base (mean of 3 models, then together)" in [t.get_text() for t in top.get_legend().get_texts()]
+    assert top.get_ylim()[0] == pytest.approx(99.60 - 0.3)  # only the top 0.3 points
+    legend = [t.get_text() for t in top.get_legend().get_texts()]
+    assert "base (one validation split: mean of 3 models, then together)" in legend
+    assert "kfold, out of fold (all rows, minutes: all its models)" in legend
     plt.close(fig)
     alone = plot_accuracy_vs_minutes(experiments)  # on Kaggle: this run only
     assert len(alone.axes[0].get_lines()) == 2

@@ -31,8 +31,8 @@ EPOCH_LINE = re.compile(r"reference model, epoch (\d)/3: train loss \d\.\d{4}, v
 # What a user's shell could have set that would change the run: make passes any notebook parameter it finds in the
 # environment, and a make calling this test (make test) exports its own level and flags to the make started here.
 LEAKING = {"DATA_DIR", "EPOCHS", "BATCH_SIZE", "LR", "VALID_SIZE", "SEED", "TRAIN_ROWS", "TEST_ROWS", "OUTPUT_DIR",
-           "FAST", "PROGRESS", "LOSS_LINES", "RESUME", "DETERMINISTIC", "RECIPE", "BEST_EPOCHS", "BEST_LR", "ENSEMBLE",
-           "TTA", "FINAL_FIT", "FROM", "MNIST_MIRRORS", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN",
+           "FAST", "PROGRESS", "LOSS_LINES", "RESUME", "DETERMINISTIC", "RECIPE", "BEST_EPOCHS", "BEST_LR", "FOLDS",
+           "ROUNDS", "TTA", "FROM", "MNIST_MIRRORS", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN",
            "KAGGLE_KERNEL_RUN_TYPE", "MAKELEVEL", "MAKEFLAGS", "MFLAGS"}
 
 
@@ -337,14 +337,14 @@ def test_ctrl_c_in_a_terminal_shows_the_interrupted_line_only_and_resume_finishe
     write_train_csv(tmp_path / "train.csv", X, y)
     write_test_csv(tmp_path / "test.csv", learnable_digits(100, seed=1)[0])
     env = clean_environment(tmp_path)
-    recipe = [f"DATA_DIR={tmp_path}", "EPOCHS=1", "BATCH_SIZE=20", "RECIPE=best", "BEST_EPOCHS=6", "ENSEMBLE=2"]
+    recipe = [f"DATA_DIR={tmp_path}", "EPOCHS=1", "BATCH_SIZE=20", "RECIPE=best", "BEST_EPOCHS=6", "FOLDS=2"]
     straight = make(REPO_DIR, "run", *recipe, f"OUTPUT_DIR={tmp_path / 'straight'}", env=env)
     output, _ = straight.communicate(timeout=300)
     assert straight.returncode == 0, output
 
     command = ["make", "--no-print-directory", f"VENV={VENV}", "-o", f"{VENV}/.requirements-installed", "run",
                *recipe, f"OUTPUT_DIR={tmp_path / 'stopped'}"]
-    before, after, status = run_in_a_terminal(command, REPO_DIR, env, interrupt_after="model seed 44, epoch 1/6")
+    before, after, status = run_in_a_terminal(command, REPO_DIR, env, interrupt_after="fold 2, epoch 1/6")
     lines = [line for line in after.replace("\r\n", "\n").splitlines() if line.strip()]
     assert lines[0] == (f"interrupted: {tmp_path / 'stopped'} keeps a checkpoint of every finished epoch; the same "
                         "command with RESUME=True carries on from them."), after
@@ -355,7 +355,7 @@ def test_ctrl_c_in_a_terminal_shows_the_interrupted_line_only_and_resume_finishe
     resumed = make(REPO_DIR, "run", *recipe, f"OUTPUT_DIR={tmp_path / 'stopped'}", "RESUME=True", env=env)
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
-    assert "resumed from" in output and "model seed 43, epoch" not in output  # model 43 was done: loaded, not trained
-    assert "model seed 44, epoch 6/6" in output  # model 44 was not: the interrupt stopped it, and it carries on
+    assert "resumed from" in output and "fold 1, epoch" not in output  # fold 1's model was done: loaded, not trained
+    assert "fold 2, epoch 6/6" in output  # fold 2's was not: the interrupt stopped it, and it carries on
     for name in ("submission.csv", "submission_reference.csv"):
         assert (tmp_path / "stopped" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name

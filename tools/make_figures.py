@@ -35,6 +35,7 @@ FIGURES = [  # (the cell's tag, which of its images, the file under docs/): what
     ("errors-reference", 0, "confusion-matrix.png"),
     ("worst-errors", 0, "worst-errors.png"),
     ("augmentation", 0, "augmentation.png"),
+    ("folds", 0, "folds.png"),
     ("best-results", 2, "ensemble-learning-curves.png"),  # after the ensemble's confusion matrix and worst errors
 ]
 MEASURED = PROJECT_DIR / "benchmarks" / "experiments.tsv"
@@ -71,53 +72,66 @@ def cell_images(notebook: dict, tag: str) -> list[bytes]:
 
 
 def measured_points(measured: pd.DataFrame, device: str = "cpu") -> pd.DataFrame:
-    """Per variant of an experiments table (benchmarks/experiments.tsv): its mean single model and largest ensemble."""
+    """Per variant of an experiments table (benchmarks/experiments.tsv): its K-fold runs' out-of-fold accuracy, and
+    the earlier runs' mean single model and largest ensemble on one validation split."""
     rows = measured[measured["device"] == device]
+    kind = rows["kind"] if "kind" in rows else pd.Series(index=rows.index, dtype=object)
     points = []
     for (idea, weights, tta), group in rows.groupby(["idea", "weights", "tta"], sort=False):
         variant = idea + ("" if weights == "raw" else f", {weights} weights") + ("" if tta == "none" else ", shift TTA")
+        for _, row in group[kind[group.index] == "oof"].iterrows():  # one model per row: out of fold, all rows
+            points.append({"variant": f"{variant}, out of fold", "kind": "oof", "models": 1,
+                           "valid_acc": row["valid_acc"], "minutes": row["train_minutes"]})
+        group = group[kind[group.index].isna()]
         single, ensembles = group[group["models"] == 1], group[group["models"] > 1]
-        points.append({"variant": variant, "models": 1, "valid_acc": single["valid_acc"].mean(),
-                       "minutes": single["train_minutes"].mean()})
+        if len(single):
+            points.append({"variant": variant, "kind": "validation", "models": 1,
+                           "valid_acc": single["valid_acc"].mean(), "minutes": single["train_minutes"].mean()})
         if len(ensembles):
             largest = ensembles.sort_values("models").iloc[-1]
-            points.append({"variant": variant, "models": int(largest["models"]), "valid_acc": largest["valid_acc"],
-                           "minutes": largest["train_minutes"]})
-    return pd.DataFrame(points, columns=["variant", "models", "valid_acc", "minutes"])
+            points.append({"variant": variant, "kind": "validation", "models": int(largest["models"]),
+                           "valid_acc": largest["valid_acc"], "minutes": largest["train_minutes"]})
+    return pd.DataFrame(points, columns=["variant", "kind", "models", "valid_acc", "minutes"])
 
 
 def plot_accuracy_vs_minutes(experiments: pd.DataFrame, measured: pd.DataFrame | None = None):
-    """Validation accuracy against training minutes, all of it and the top: a run's models, and measured points."""
+    """Accuracy against training minutes, all of it and the top: a run's models and its out-of-fold figure, among
+    measured points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     run = experiments.assign(minutes=experiments["train_seconds"] / 60, acc=100 * experiments["valid_acc"])
-    other = measured if measured is not None else pd.DataFrame(columns=["variant", "models", "valid_acc", "minutes"])
+    columns = ["variant", "kind", "models", "valid_acc", "minutes"]
+    other = measured if measured is not None else pd.DataFrame(columns=columns)
     other = other.assign(acc=100 * other["valid_acc"].astype(float))
     top = max(run["acc"].max(), other["acc"].max() if len(other) else 0)
     bottom = min(run["acc"].min(), other["acc"].min() if len(other) else 100)
-    singles, ensembles = run[run["models"] == 1], run[run["models"] > 1]
+    out_of_fold = run["recipe"].str.contains("out of fold")
+    singles, pooled = run[~out_of_fold], run[out_of_fold]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, low in zip(axes, (bottom - 0.2, top - 0.3)):  # everything, then the top 0.3 points of it
-        ax.plot(singles["minutes"], singles["acc"], "o", color="black", label="the recorded run: each model")
-        ax.plot(ensembles["minutes"], ensembles["acc"], "s-", color="black",
-                label="the recorded run: its first k models")
-        for _, row in ensembles.iterrows():
-            ax.annotate(str(row["models"]), (row["minutes"], row["acc"]), xytext=(0, 6), textcoords="offset points",
-                        ha="center", fontsize=8)
-        for n, (variant, points) in enumerate(other.groupby("variant", sort=False)):  # one model, then the ensemble
-            ax.plot(points["minutes"], points["acc"], "x:", color=f"C{n % 10}", markersize=7,
-                    label=f"{variant} (mean of {points['models'].max()} models, then together)")
-        ax.set(xlabel="training minutes", ylabel="validation accuracy (%)", ylim=(low, top + 0.05))
+        ax.plot(singles["minutes"], singles["acc"], "o", color="black",
+                label="the recorded run: each model, on its own held-out images")
+        ax.plot(pooled["minutes"], pooled["acc"], "s", color="black", markersize=8,
+                label="the recorded run: out of fold, every image (minutes: all its models)")
+        for n, (variant, points) in enumerate(other.groupby("variant", sort=False)):
+            if (points["kind"] == "oof").all():
+                ax.plot(points["minutes"], points["acc"], "D", color=f"C{n % 10}", markersize=6,
+                        label=f"{variant} (all rows, minutes: all its models)")
+            else:  # one model, then the ensemble
+                ax.plot(points["minutes"], points["acc"], "x:", color=f"C{n % 10}", markersize=7,
+                        label=f"{variant} (one validation split: mean of {points['models'].max()} models, "
+                              "then together)")
+        ax.set(xlabel="training minutes", ylabel="accuracy (%)", ylim=(low, top + 0.05))
         ax.grid(alpha=0.3)
     for _, row in run[run["recipe"] == "reference"].iterrows():
         axes[0].annotate("reference", (row["minutes"], row["acc"]), xytext=(6, -3), textcoords="offset points",
                          fontsize=8)
     axes[0].set_title("Accuracy against training time")
     axes[1].set_title("The top of it")
-    axes[1].legend(loc="lower right", fontsize=7)
+    axes[1].legend(loc="lower right", fontsize=6)
     fig.tight_layout()
     return fig
 
