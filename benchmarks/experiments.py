@@ -45,6 +45,7 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_DIR), str(REPO_DIR / "tools")]
 
 from mnist_helpers import (
+    accuracy_with_error,
     choose_runtime,
     find_data_dir,
     get_device,
@@ -261,11 +262,10 @@ def validation_report(path: Path) -> pd.DataFrame:
 def scored(base: dict, kind: str, seed: str, models: int, weights: str, tta: str, right: np.ndarray,
            minutes: float) -> dict:
     """One row of the results file, from which of its images were predicted right (a bool array)."""
-    wrong = int((~right).sum())
-    accuracy = 1 - wrong / len(right)
+    accuracy, wrong, error = accuracy_with_error(np.ones_like(right), right)  # right answers against all-right
     return {**base, "kind": kind, "seed": seed, "models": models, "weights": weights, "tta": tta,
-            "images": len(right), "valid_acc": accuracy, "mistakes": wrong,
-            "std_error": float(np.sqrt(accuracy * (1 - accuracy) / len(right))), "train_minutes": round(minutes, 2)}
+            "images": len(right), "valid_acc": accuracy, "mistakes": wrong, "std_error": error,
+            "train_minutes": round(minutes, 2)}
 
 
 def paired_difference(right: np.ndarray, other: np.ndarray) -> tuple[float, float]:
