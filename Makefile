@@ -25,7 +25,7 @@ PARAMETERS := DATA_DIR EPOCHS BATCH_SIZE LR VALID_SIZE SEED TRAIN_ROWS TEST_ROWS
 NOTEBOOK_PARAMETERS = $(strip $(foreach p,$(PARAMETERS),$(if $($(p)),-p $(p) '$($(p))')))
 PAPERMILL_PARAMETERS = -p OUTPUT_DIR '$(OUTPUT_DIR)' $(NOTEBOOK_PARAMETERS)
 
-.PHONY: help venv data run figures kaggle kernel lab lint test test-min test-kaggle bench gpu-check clean
+.PHONY: help venv data run figures kaggle kernel lab lint test test-min test-kaggle bench gpu-check gpu-data clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -70,20 +70,25 @@ lab: kernel  ## Open the notebook in JupyterLab (from .venv, with its kernel reg
 lint: $(STAMP)  ## ruff check: the helper, the notebook's code cells, tools, benchmarks and tests.
 	$(BIN)/ruff check
 
-test: lint  ## Lint, then the test suite (about 5 minutes on 2 CPU cores).
+test: lint  ## Lint, then the whole test suite; pytest's last line gives the count and the time.
 	$(BIN)/python -m pytest
 
-test-min: $(STAMP_MIN)  ## The same suite under the oldest NumPy, matplotlib, scikit-learn (requirements-min.txt).
+test-min: $(STAMP_MIN)  ## The suite less whole_pipeline, with the oldest NumPy, matplotlib, scikit-learn: requirements-min.txt.
 	$(VENV_MIN)/bin/python -m pytest -m "not whole_pipeline"
 
-test-kaggle: $(STAMP_KAGGLE)  ## The same suite under Kaggle's image: Python 3.12, torch 2.10 (requirements-kaggle.txt).
+test-kaggle: $(STAMP_KAGGLE)  ## The suite less whole_pipeline, under Kaggle's image (Python 3.12, torch 2.10): requirements-kaggle.txt.
 	$(VENV_KAGGLE)/bin/python -m pytest -m "not whole_pipeline"
 
-bench: $(STAMP)  ## Benchmark plain vs fast training (--quick, about 40 s); BENCH_ARGS=--full for 15 epochs each.
+bench: $(STAMP)  ## Benchmark plain vs fast training (--quick); BENCH_ARGS=--full for 15 epochs each.
 	$(BIN)/python benchmarks/bench_training.py $(or $(BENCH_ARGS),--quick)
 
 gpu-check: $(STAMP)  ## On a CUDA machine: GPU tests, benchmark and timed runs (under 8 min); JSON + table in output/gpu-check/.
 	$(BIN)/python benchmarks/gpu_check.py --out "$(OUTPUT_DIR)/gpu-check" $(if $(DATA_DIR),--data-dir '$(DATA_DIR)')
+
+gpu-data:  ## Gzip DATA_DIR's (or data/'s) CSVs into .gpu/data/ (git-ignored), to carry to a GPU machine for gpu-check.
+	@mkdir -p .gpu/data
+	for name in train test; do gzip -c "$(or $(DATA_DIR),data)/$$name.csv" > .gpu/data/$$name.csv.gz.tmp && \
+	  mv .gpu/data/$$name.csv.gz.tmp .gpu/data/$$name.csv.gz || exit 1; done
 
 clean:  ## Remove outputs and caches (keeps the virtual environments and data/).
 	rm -rf $(OUTPUT_DIR) .pytest_cache .ruff_cache __pycache__ tests/__pycache__ tools/__pycache__ benchmarks/__pycache__

@@ -415,6 +415,7 @@ class Runtime:
     channels_last: bool = False          # NHWC activations, the layout oneDNN and cuDNN convolve fastest
     data_on_device: bool = False         # whole tensors on the device, batches sliced there (DeviceBatches)
     cudnn_benchmark: bool = False        # let cuDNN time its convolution algorithms once, then reuse the best
+    fused: bool | None = None            # Adam's fused kernel: True on CUDA; None: torch's own choice
     eval_batch_size: int | None = None   # validation batch; None: the training batch
     predict_batch_size: int = 1000       # test images per forward pass
 
@@ -487,8 +488,10 @@ def choose_runtime(device: torch.device | str, fast: bool = True, bf16: bool | N
         return Runtime(device)
     if device.type == "cuda":
         amp_dtype = cuda_autocast_dtype(device)  # channels_last pays only where tensor cores do the convolutions
+        # fused Adam: one kernel steps every weight, and fp16's GradScaler hands it the inf check on the GPU; the
+        # unfused step would wait for that check on the CPU (.item()) at every batch.
         return Runtime(device, True, amp_dtype, channels_last=amp_dtype is not None, data_on_device=True,
-                       cudnn_benchmark=True, eval_batch_size=2000, predict_batch_size=4000)
+                       cudnn_benchmark=True, fused=True, eval_batch_size=2000, predict_batch_size=4000)
     if device.type == "cpu":
         bf16 = cpu_supports_bf16() if bf16 is None else bf16
         return Runtime(device, True, torch.bfloat16 if bf16 else None, channels_last=True, data_on_device=True,
@@ -560,11 +563,18 @@ class EpochProgress:
 
 # --- Going further: augmentation and schedules (section 9) -------------------------------------
 
+def _to_device_async(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on device; to a GPU from page-locked memory, a copy the CPU does not wait for."""
+    if device.type == "cuda":  # from ordinary memory, the copy would first wait for the GPU's queued work
+        values = values.pin_memory()
+    return values.to(device, non_blocking=True)
+
+
 def random_affine(images: torch.Tensor, degrees: float = 10.0, zoom: float = 0.1, shift: float = 0.1,
                   strength: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Section 9: rotate (±degrees), zoom (1±zoom) and shift (±shift) each (B, 1, H, W) image at random; no flips."""
     # Four uniform draws in [-1, 1) per image (angle, zoom, dx, dy), on the CPU so that a CPU generator can seed them.
-    u = (torch.rand(len(images), 4, generator=generator) * 2 - 1).to(images.device) * strength
+    u = _to_device_async(torch.rand(len(images), 4, generator=generator) * 2 - 1, images.device) * strength
     angle, scale = u[:, 0] * degrees * torch.pi / 180, 1 + u[:, 1] * zoom
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale  # output -> input coordinates, so 1/scale
     theta = torch.stack([torch.stack([cos, -sin, u[:, 2] * 2 * shift], 1),  # grid units: the image spans [-1, 1],
@@ -622,11 +632,14 @@ def _restore_rng_states(states: dict, generators: Generators) -> None:
 @contextlib.contextmanager
 def _sigint_after() -> Iterator[None]:
     """Hold back Ctrl-C (a kernel interrupt) until the block is done, then let it act (only the main thread can)."""
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)
+    # Ignored (a run started by `nohup ... &`): nothing to hold back. None: a handler set outside Python, which
+    # signal.signal could not put back. Either way the disposition found is left exactly as it is.
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
         yield
         return
     held: list = []
-    previous = signal.signal(signal.SIGINT, lambda *received: held.append(received))
+    signal.signal(signal.SIGINT, lambda *received: held.append(received))
     try:
         yield
     finally:
@@ -634,7 +647,7 @@ def _sigint_after() -> Iterator[None]:
         if held and callable(previous):  # the interrupt that came during the block, now
             previous(*held[0])
         elif held:
-            signal.raise_signal(signal.SIGINT)  # to the default (or ignoring) disposition put back
+            signal.raise_signal(signal.SIGINT)  # to the default disposition put back: it ends as Ctrl-C ends it
 
 
 class TrainingCheckpoint:
@@ -711,6 +724,15 @@ class TrainingCheckpoint:
 
 # --- Prediction and submission (sections 7 and 9) -------------------------------------------
 
+# The device's allocator failing under the libraries too: cuDNN's and cuBLAS's workspaces, a CUDA or MPS out-of-memory.
+OUT_OF_MEMORY = ("CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "out of memory")
+
+
+def _is_out_of_memory(error: RuntimeError) -> bool:
+    """True when error says the device ran out of memory (torch.OutOfMemoryError, or a library's own words)."""
+    return isinstance(error, torch.OutOfMemoryError) or any(words in str(error) for words in OUT_OF_MEMORY)
+
+
 def _halve_after_oom(batch_size: int) -> int:
     """The batch size to retry with after the device ran out of memory; gives up below 1."""
     if torch.cuda.is_available():
@@ -720,6 +742,14 @@ def _halve_after_oom(batch_size: int) -> int:
                            "(restart the kernel, close other notebooks) or predict on the CPU.")
     warnings.warn(f"out of memory at a batch of {batch_size} images; retrying with {batch_size // 2}.", stacklevel=3)
     return batch_size // 2
+
+
+def _predict_batch(model: torch.nn.Module, X: np.ndarray, runtime: Runtime,
+                   transform: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    """The softmax (B, 10) of (B, 784) pixels, on the CPU; its tensors on the device live only in this call."""
+    xb = to_image_tensor(X, runtime.device)  # (B, 1, 28, 28)
+    xb = (transform(xb) if transform else xb).to(memory_format=runtime.memory_format)
+    return torch.softmax(model(xb).float(), dim=1).cpu()  # (B, 10) float32
 
 
 def predict_proba(model: torch.nn.Module, X: np.ndarray, runtime: Runtime | torch.device | str,
@@ -736,14 +766,17 @@ def predict_proba(model: torch.nn.Module, X: np.ndarray, runtime: Runtime | torc
                                                                unit="img", leave=False) as bar:
         while start < len(X):
             try:
-                xb = to_image_tensor(X[start:start + batch_size], runtime.device)  # (B, 1, 28, 28)
-                xb = (transform(xb) if transform else xb).to(memory_format=runtime.memory_format)
-                chunks.append(torch.softmax(model(xb).float(), dim=1).cpu())  # (B, 10) float32
-            except torch.OutOfMemoryError:
+                proba = _predict_batch(model, X[start:start + batch_size], runtime, transform)
+            except RuntimeError as error:  # torch.OutOfMemoryError is one
+                if not _is_out_of_memory(error):
+                    raise
+                proba = None
+            if proba is None:  # halved out here: the error's traceback, and the failed batch with it, are gone
                 batch_size = _halve_after_oom(batch_size)
                 continue
-            start += len(xb)
-            bar.update(len(xb))
+            chunks.append(proba)
+            start += len(proba)
+            bar.update(len(proba))
     return torch.cat(chunks).numpy() if chunks else np.empty((0, N_CLASSES), dtype=np.float32)
 
 

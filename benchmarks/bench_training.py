@@ -8,7 +8,7 @@ Both train the notebook's own TwoConvCNN with the notebook's own train_one_epoch
 (read from digit_recognizer.ipynb), from the same initial weights, on the same data and split.
 All figures come from this one run; the ratios compare measurements taken side by side.
 
-    python benchmarks/bench_training.py --quick   # about a minute on a 2-core CPU; ends with `speedup: X.XX`
+    python benchmarks/bench_training.py --quick   # short timed rounds; ends with `speedup: X.XX`
     python benchmarks/bench_training.py --full    # also trains each pipeline for 15 epochs: accuracy, wall time
 
 Data: --data-dir, else $DATA_DIR, else ../shared/digit-recognizer, else the notebook's search
@@ -79,7 +79,7 @@ def parse_args() -> argparse.Namespace:
     """Command-line options; every default is in the help."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="short timed runs, about a minute on a 2-core CPU (default)")
+    mode.add_argument("--quick", action="store_true", help="short timed rounds only, no full training (default)")
     mode.add_argument("--full", action="store_true", help="also train each pipeline for --epochs full epochs")
     parser.add_argument("--data-dir", help="folder with train.csv and test.csv (default: see the module docstring)")
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available, as in the notebook)")
@@ -137,10 +137,10 @@ def sync(device: torch.device) -> None:
 
 
 def new_model(code: dict, fast: Runtime) -> tuple[nn.Module, torch.optim.Optimizer, torch.amp.GradScaler]:
-    """The notebook's model with the seed's initial weights, its Adam optimizer and the fast path's scaler."""
+    """The notebook's model with the seed's initial weights, its Adam (fused where the runtime says) and scaler."""
     seed_everything(SEED)
     model = fast.prepare_model(code["TwoConvCNN"]())
-    return model, torch.optim.Adam(model.parameters(), lr=LR), fast.grad_scaler()
+    return model, torch.optim.Adam(model.parameters(), lr=LR, fused=fast.fused), fast.grad_scaler()
 
 
 def train_images_per_second(code: dict, fast: Runtime, X: np.ndarray, y: np.ndarray, images: int) -> float:

@@ -9,7 +9,10 @@ Stages, in this order, each in its own process with its own time limit (the JSON
   4. bench:     `benchmarks/bench_training.py --full` on the GPU;
   5. best:      the notebook with RECIPE="best" (its K-fold models), timed, with its out-of-fold
                 accuracy.
-It writes gpu-check.json and gpu-check.txt (a short table) to --out, after every stage.
+It writes gpu-check.json and gpu-check.txt (a short table) to --out, after every stage. facts and tests need no data;
+the other stages look for it when they start, and without it each says so in one line and the next one runs. On a GPU
+machine that has no data, carry it gzipped (the raw CSVs are over what can be carried): `make gpu-data` writes
+.gpu/data/*.csv.gz, a git-ignored folder that this script finds by itself and the loaders read as they are.
 
     python benchmarks/gpu_check.py --data-dir ../shared/digit-recognizer    # or: make gpu-check DATA_DIR=...
 """
@@ -35,13 +38,16 @@ sys.path.insert(0, str(REPO_DIR))
 from mnist_helpers import choose_runtime, device_facts, find_data_dir, get_device
 
 NOTEBOOK = REPO_DIR / "digit_recognizer.ipynb"
+CARRIED_DATA = REPO_DIR / ".gpu" / "data"  # make gpu-data: the CSVs gzipped, carried to a GPU machine (git-ignored)
+NOTEBOOK_STAGES = {"reference": {}, "best": {"RECIPE": "best"}}  # the notebook's parameters for each of its runs
 STAGE_LIMITS = {"tests": 150, "reference": 150, "bench": 200, "best": 420}  # seconds, each at most
 
 
 def parse_args() -> argparse.Namespace:
     """Command-line options; every default is in the help."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", help="folder with train.csv and test.csv (default: as the notebook searches)")
+    parser.add_argument("--data-dir", help="folder with train.csv and test.csv, plain or gzipped (default: as the "
+                                           "notebook searches, then .gpu/data)")
     parser.add_argument("--out", type=Path, default=REPO_DIR / "output" / "gpu-check",
                         help="where the JSON, the table and the runs' outputs go (default: output/gpu-check)")
     parser.add_argument("--budget", type=float, default=460,
@@ -74,6 +80,16 @@ def facts() -> dict:
                                                                       / 2**30, 1),
                       torch_says_bf16=torch.cuda.is_bf16_supported())
     return report
+
+
+def data_dir_for(data_dir: str | None) -> Path:
+    """The data for the stages that train: --data-dir, else the notebook's search, else .gpu/data; one-line error."""
+    try:
+        return find_data_dir(data_dir)
+    except FileNotFoundError:
+        if data_dir is None and (CARRIED_DATA / "train.csv.gz").is_file():
+            return find_data_dir(CARRIED_DATA)
+        raise
 
 
 def run(command: list[str], limit: float, log: Path) -> dict:
@@ -136,6 +152,12 @@ def pytest_stage(out: Path, limit: float) -> dict:
         suite = ElementTree.parse(xml).getroot()
         suite = suite if suite.tag == "testsuite" else suite[0]
         result.update({key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")})
+        result["passed"] = result["tests"] - result["failures"] - result["errors"] - result["skipped"]
+        reasons = sorted({skip.get("message", "") for skip in suite.iter("skipped")})
+        if result["passed"] == 0 and result["tests"] == result["skipped"]:  # nothing ran: say so, never "passed"
+            result["status"] = f"skipped: {result['tests']} of {result['tests']}, {'; '.join(reasons) or 'no tests'}"
+        else:
+            result["status"] = "failed" if result["failures"] or result["errors"] else "passed"
     return result
 
 
@@ -158,9 +180,9 @@ def table(report: dict) -> str:
                  f"GradScaler {f.get('grad_scaler')}, "
                  f"channels_last {f.get('channels_last')} (torch.cuda.is_bf16_supported(): {f.get('torch_says_bf16')})")
     for name, stage in report.get("stages", {}).items():
-        summary = {key: stage[key] for key in ("rc", "seconds", "tests", "failures", "errors", "skipped", "epochs",
-                                               "train_seconds", "valid_acc_final", "valid_acc_best",
-                                               "speedup") if key in stage}
+        summary = {key: stage[key] for key in ("rc", "status", "seconds", "tests", "passed", "failures", "errors",
+                                               "skipped", "epochs", "train_seconds", "valid_acc_final",
+                                               "valid_acc_best", "speedup") if key in stage}
         lines.append(f"  {name:<10} {summary}")
         for key in ("oof_line", "member_lines"):
             if key in stage:
@@ -182,10 +204,8 @@ def main() -> None:
     """Run the stages in order within the budget, writing the JSON and the table after each."""
     args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    data_dir = find_data_dir(args.data_dir)
     stages = args.stages.split(",")
-    report = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "data_dir": str(data_dir), "budget_s": args.budget,
-              "stages": {}}
+    report = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "data_dir": None, "budget_s": args.budget, "stages": {}}
     start = time.perf_counter()
     deadline = start + args.budget
     smoke = dict(EPOCHS=1, BEST_EPOCHS=1, FOLDS=2) if args.smoke else {}
@@ -199,15 +219,20 @@ def main() -> None:
         if limit < 20:
             report["stages"][name] = {"rc": "skipped: out of time"}
             continue
-        print(f"gpu_check: {name} (up to {limit:.0f} s)", flush=True)
-        if name == "tests":
-            result = pytest_stage(args.out, limit)
-        elif name == "reference":
-            result = papermill(args.out, name, data_dir, limit, **smoke)
-        elif name == "bench":
-            result = bench_stage(args.out, data_dir, limit, bench_options)
+        try:
+            data_dir = None if name == "tests" else data_dir_for(args.data_dir)  # the tests need no data
+        except FileNotFoundError as error:
+            print(f"gpu_check: {name} skipped, no data (--data-dir, or `make gpu-data` where the data is)", flush=True)
+            result = {"rc": f"skipped: no data: {error}"}
         else:
-            result = papermill(args.out, name, data_dir, limit, RECIPE="best", **smoke)
+            print(f"gpu_check: {name} (up to {limit:.0f} s)", flush=True)
+            report["data_dir"] = str(data_dir) if data_dir else report["data_dir"]
+            if name == "tests":
+                result = pytest_stage(args.out, limit)
+            elif name == "bench":
+                result = bench_stage(args.out, data_dir, limit, bench_options)
+            else:
+                result = papermill(args.out, name, data_dir, limit, **NOTEBOOK_STAGES[name], **smoke)
         report["stages"][name] = result
         (args.out / "gpu-check.json").write_text(json.dumps(report, indent=2, default=str))
         (args.out / "gpu-check.txt").write_text(table(report) + "\n")

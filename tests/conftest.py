@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import runpy
+import signal
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import settings
 
+import mnist_helpers
 from mnist_helpers import PIXEL_COLUMNS, TRAIN_COLUMNS
 from notebook_cells import notebook_code_cells, run_notebook_cells
 
@@ -17,10 +23,30 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO_DIR / "digit_recognizer.ipynb"
 SHARED_DATA_DIR = Path(os.environ.get("SHARED_DATA_DIR", REPO_DIR.parent / "shared" / "digit-recognizer"))
 
+# Hypothesis: the same examples on every run and machine (derandomize), so that a failure in CI repeats anywhere, and
+# no example database written beside the tests. `pytest --hypothesis-profile=explore` draws new examples each run.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("repeatable")
+
 needs_shared_data = pytest.mark.skipif(
     not (SHARED_DATA_DIR / "train.csv").is_file(),
     reason=f"real data not found at {SHARED_DATA_DIR} (set SHARED_DATA_DIR to a folder with train.csv, test.csv)",
 )
+
+
+@pytest.fixture(autouse=True)
+def sigint_as_nohup_leaves_it(request) -> Iterator[None]:
+    """Tests marked sigint start with SIGINT ignored, as `nohup ... &` and many CI runners start a process, however
+    pytest itself was started: each must set the disposition it needs, in itself and in the children it starts."""
+    if request.node.get_closest_marker("sigint") is None:
+        yield
+        return
+    found = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, found)
 
 
 def make_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +102,23 @@ def notebook_namespace(*tags: str) -> dict:
     return run_notebook_cells(NOTEBOOK, *tags)
 
 
+def run_as_a_script(path: Path, *arguments: str) -> int:
+    """Run a file as `python path arguments` does, but in this process, where its imports are loaded already: its
+    exit code. For command lines whose output is checked: a fresh Python would spend seconds importing torch."""
+    argv = sys.argv
+    sys.argv = [path.name, *arguments]
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as exit:
+        if isinstance(exit.code, str):  # sys.exit("message"): Python prints it to stderr and exits with 1
+            print(exit.code, file=sys.stderr)
+            return 1
+        return 0 if exit.code is None else exit.code
+    finally:
+        sys.argv = argv
+    return 0
+
+
 def run_notebook_in_process(parameters: dict, until_tag: str, after: dict | None = None) -> dict:
     """Run the notebook's code cells in this process, with parameters overridden, up to the cell tagged until_tag.
 
@@ -98,6 +141,14 @@ def run_notebook_in_process(parameters: dict, until_tag: str, after: dict | None
         if until_tag in tags:
             return namespace
     raise AssertionError(f"no code cell tagged {until_tag!r} in {NOTEBOOK}")
+
+
+def gpu_tests_skip_reason() -> str | None:
+    """Why tests/test_gpu.py cannot run here (no CUDA GPU, or one this PyTorch has no kernels for), or None."""
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU (run on a GPU machine)"
+    problem = mnist_helpers.unsupported_gpu_message(0)  # e.g. a P100 (sm_60) under a cu128 build: no kernel runs
+    return None if problem is None else f"needs a GPU this PyTorch has kernels for: {problem.split('; ')[0]}"
 
 
 KAGGLE_CU128_ARCHS = ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
-import os
 import re
 import stat
 import subprocess
@@ -21,7 +20,7 @@ import pooch
 import pytest
 
 import get_data
-from conftest import REPO_DIR, make_digits, write_test_csv, write_train_csv
+from conftest import REPO_DIR, make_digits, run_as_a_script, write_test_csv, write_train_csv
 from get_data import (
     KAGGLE_COMMAND,
     KAGGLE_TRAIN_ROWS,
@@ -86,7 +85,8 @@ class Mirror:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # Polled every 20 ms: close() waits for a poll, and the default half second would add up over the tests.
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
 
     def close(self):
         self.server.shutdown()
@@ -333,22 +333,21 @@ def test_make_data_runs_the_download_command():
     assert "tools/get_data.py --data-dir data" in dry_run
 
 
-def test_the_score_command_reports_errors_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "tools/score.py", str(tmp_path / "sub.csv"), str(tmp_path / "labels.csv")],
-                          cwd=REPO_DIR, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'labels.csv'}: no such file."]
+def test_the_score_command_reports_errors_in_one_line(tmp_path, capsys):
+    score = REPO_DIR / "tools" / "score.py"
+    assert run_as_a_script(score, str(tmp_path / "sub.csv"), str(tmp_path / "labels.csv")) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {tmp_path / 'labels.csv'}: no such file."]
 
 
-def test_the_get_data_command_reports_a_failed_download_in_one_line(tmp_path):
+def test_the_get_data_command_reports_a_failed_download_in_one_line(tmp_path, monkeypatch, capsys, pooch_log_level):
     down = "http://127.0.0.1:9/"  # nothing listens there
-    done = subprocess.run([sys.executable, "tools/get_data.py", "--data-dir", str(tmp_path / "data"), "--mnist"],
-                          cwd=REPO_DIR, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", "MNIST_MIRRORS": down})
-    assert done.returncode == 1 and done.stdout == ""
-    lines = done.stderr.splitlines()
+    monkeypatch.setenv("MNIST_MIRRORS", down)
+    assert run_as_a_script(REPO_DIR / "tools" / "get_data.py", "--data-dir", str(tmp_path / "data"), "--mnist") == 1
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    lines = printed.err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: could not download train-images-idx3-ubyte.gz from any "
-                                                   f"mirror ({down}: "), done.stderr
+                                                   f"mirror ({down}: "), printed.err
     assert lines[0].endswith(f"; check the network, or get the competition's CSVs with `{KAGGLE_COMMAND}`.")
     assert every_file(tmp_path) == []
 

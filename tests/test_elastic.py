@@ -54,3 +54,7 @@ def test_each_image_gets_its_own_field_and_neighbours_move_together():
 def test_it_runs_on_the_images_device_and_in_their_dtype():
     images = dot(batch=4).to(torch.float64)
     assert elastic_distort(images, generator=torch.Generator().manual_seed(0)).dtype == torch.float64
+    # "meta", a device that is not the CPU: a field, scale or grid left on the CPU fails where it meets the images'
+    # tensors, as it would on a GPU (meta does not check a convolution's weights, so the Gaussian kernel escapes).
+    on_meta = elastic_distort(images.to("meta"), generator=torch.Generator().manual_seed(0))
+    assert on_meta.device.type == "meta" and on_meta.dtype == torch.float64 and on_meta.shape == images.shape

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import make_digits
+from conftest import make_digits, notebook_namespace
 from mnist_helpers import (
     DeviceBatches,
     Runtime,
@@ -33,6 +33,7 @@ def test_volta_and_turing_gpus_get_fp16_with_a_grad_scaler(fake_gpu, capability)
     assert fast.fast and fast.amp_dtype == torch.float16 and fast.precision == "float16"
     assert fast.grad_scaler().is_enabled()  # fp16 gradients would flush to zero unscaled
     assert fast.channels_last and fast.data_on_device and fast.cudnn_benchmark
+    assert fast.fused  # fused Adam: the scaler's inf check stays on the GPU (test_fused_adam_... below)
     assert fast.predict_batch_size > 1000 and fast.eval_batch_size > 100
 
 
@@ -41,7 +42,7 @@ def test_ampere_and_newer_gpus_get_bf16_without_a_scaler(fake_gpu, capability):
     fake_gpu(capability, "NVIDIA L4")
     fast = choose_runtime("cuda")
     assert fast.amp_dtype == torch.bfloat16 and not fast.grad_scaler().is_enabled() and fast.precision == "bfloat16"
-    assert fast.channels_last and fast.data_on_device and fast.cudnn_benchmark
+    assert fast.channels_last and fast.data_on_device and fast.cudnn_benchmark and fast.fused
 
 
 @pytest.mark.parametrize("capability", [(6, 0), (6, 1), (5, 2)])
@@ -50,7 +51,7 @@ def test_older_gpus_never_get_bf16_and_train_in_fp32(fake_gpu, capability):
     assert torch.cuda.is_bf16_supported()  # emulation again: the trap this choice avoids
     fast = choose_runtime("cuda")
     assert fast.amp_dtype is None and fast.precision == "float32" and not fast.grad_scaler().is_enabled()
-    assert not fast.channels_last and fast.data_on_device  # no tensor cores, so NHWC buys nothing
+    assert not fast.channels_last and fast.data_on_device and fast.fused  # no tensor cores, so NHWC buys nothing
 
 
 @pytest.mark.parametrize("bf16, amp_dtype", [(True, torch.bfloat16), (False, None)])
@@ -58,6 +59,7 @@ def test_cpu_uses_bf16_only_where_the_hardware_has_it(bf16, amp_dtype):
     fast = choose_runtime("cpu", bf16=bf16)
     assert fast.fast and fast.amp_dtype == amp_dtype and fast.channels_last and fast.data_on_device
     assert not fast.grad_scaler().is_enabled() and not fast.cudnn_benchmark
+    assert fast.fused is None  # torch's own Adam on the CPU: the CPU path stays as measured
     assert fast.predict_batch_size > 1000
 
 
@@ -74,9 +76,47 @@ def test_disabled_or_mps_is_the_plain_fp32_pipeline(device):
     for plain in (choose_runtime(device, fast=False), choose_runtime("mps")):
         assert plain.amp_dtype is None and plain.precision == "float32" and not plain.grad_scaler().is_enabled()
         assert not plain.channels_last and not plain.data_on_device and not plain.cudnn_benchmark
+        assert plain.fused is None
         assert plain.eval_batch_size is None and plain.predict_batch_size == 1000
     assert choose_runtime(device, fast=False).device == torch.device(device)
     assert not choose_runtime(device, fast=False).fast and choose_runtime("mps").fast  # MPS: fast, and plain fp32
+
+
+def host_syncs_in_one_epoch(runtime: Runtime, batches: int, monkeypatch) -> int:
+    """How often the notebook's train_one_epoch asks a tensor for a Python value (.item(), bool(), ...: on a GPU, each
+    is a wait)."""
+    notebook = notebook_namespace("imports", "train-loop")
+    X, y = make_digits(2 * batches)
+    train, _ = make_loaders(X, y, None, None, batch_size=2, seed=0, runtime=runtime)
+    model = runtime.prepare_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))  # small: fp16 is slow on a CPU
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=runtime.fused)  # as the notebook makes it
+    calls = []
+
+    def counted(name):
+        method = getattr(torch.Tensor, name)
+
+        def asked(tensor, *args):
+            calls.append(name)
+            return method(tensor, *args)
+        return asked
+
+    with monkeypatch.context() as patched:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+            patched.setattr(torch.Tensor, name, counted(name))
+        notebook["train_one_epoch"](model, train, nn.CrossEntropyLoss(), optimizer, runtime.grad_scaler(), runtime,
+                                    log_every=0)
+    return len(calls)
+
+
+def test_fused_adam_takes_fp16s_inf_check_without_a_host_sync_per_batch(fake_gpu, monkeypatch):
+    # Kaggle's T4 path (fp16, GradScaler, fused Adam), as choose_runtime picks it there, run on the CPU.
+    fake_gpu((7, 5), "Tesla T4")
+    t4 = dataclasses.replace(choose_runtime("cuda"), device=torch.device("cpu"))
+    monkeypatch.undo()  # the CPU again for the run itself
+    assert t4.amp_dtype == torch.float16 and t4.fused
+    assert host_syncs_in_one_epoch(t4, 4, monkeypatch) == host_syncs_in_one_epoch(t4, 8, monkeypatch)  # per epoch only
+    unfused = dataclasses.replace(t4, fused=None)  # the scaler then reads the inf check on the CPU before each step
+    assert host_syncs_in_one_epoch(unfused, 8, monkeypatch) >= host_syncs_in_one_epoch(unfused, 4, monkeypatch) + 4
 
 
 def test_autocast_runs_convolutions_in_bf16_and_is_a_no_op_when_plain():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import matplotlib
 import numpy as np
 import pandas as pd
@@ -9,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import mnist_helpers
 from conftest import centre_of_mass, make_digits, notebook_namespace
 from mnist_helpers import (
     choose_runtime,
@@ -69,11 +72,50 @@ def test_augmentation_stays_within_its_ranges_and_never_flips():
     assert columns.max() < 9  # a mirror image would put it near column 23
 
 
-def test_one_cycle_schedule_warms_up_to_the_peak_then_anneals():
-    lrs = one_cycle_lrs(3e-3, epochs=4, steps_per_epoch=50)
-    assert len(lrs) == 200
-    assert lrs.max() == pytest.approx(3e-3, rel=1e-3) and lrs.argmax() == 59  # the peak at 30% of the 200 steps
-    assert lrs[0] == pytest.approx(3e-3 / 25) and lrs[-1] < 3e-3 / 1000
+def test_augmentation_sends_its_draws_to_a_gpu_from_page_locked_memory_without_waiting(monkeypatch):
+    # No GPU here, and a fake CUDA tensor cannot even be indexed on a CPU-only build: so the device is faked at the
+    # two calls that reach it, which are recorded and stay on the CPU. What is checked is what the helper asks for.
+    asked, to = [], torch.Tensor.to
+
+    def recorded_to(tensor, device, non_blocking=False):
+        if torch.device(device).type != "cuda":
+            return to(tensor, device, non_blocking=non_blocking)
+        asked.append(("to cuda", "non_blocking" if non_blocking else "blocking"))
+        return tensor
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda tensor: asked.append("pin_memory") or tensor)
+    monkeypatch.setattr(torch.Tensor, "to", recorded_to)
+    draws = torch.rand(5, 4)
+    assert mnist_helpers._to_device_async(draws, torch.device("cuda")) is draws
+    assert asked == ["pin_memory", ("to cuda", "non_blocking")]  # page-locked first, so that the copy can overlap
+    asked.clear()
+    assert torch.equal(mnist_helpers._to_device_async(draws, torch.device("cpu")), draws) and asked == []
+    monkeypatch.undo()
+
+    sent = []
+    monkeypatch.setattr(mnist_helpers, "_to_device_async", lambda values, device: sent.append(device) or values)
+    random_affine(digits(3), generator=torch.Generator().manual_seed(0))
+    assert sent == [torch.device("cpu")]  # random_affine's draws go through it, to the images' device
+
+
+def test_the_schedule_plotted_is_the_one_a_k_fold_model_trains_with(tmp_path, monkeypatch):
+    # OneCycleLR's own shape (30% warm-up, /25 start) is torch's; what the project must get right is the arguments:
+    # train_member's max_lr, epochs and steps per epoch (its loader's batches), stepped every batch, and
+    # one_cycle_lrs (the schedule cell's plot) built from the same ones.
+    code = notebook_namespace("imports", "model", "train-loop", "model-best", "best-recipe")
+    expected = one_cycle_lrs(3e-3, epochs=3, steps_per_epoch=3)  # 50 rows in batches of 20: 3 a epoch
+    stepped, step = [], torch.optim.Adam.step
+
+    def recording_step(optimizer, *args, **kwargs):
+        stepped.append(optimizer.param_groups[0]["lr"])  # the rate this step uses
+        return step(optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    X, y = make_digits(70)
+    recipe = code["Recipe"](epochs=3, lr=3e-3, batch_size=20, make_model=lambda: code["StrongerCNN"](width=4))
+    code["train_member"](0, recipe, X[:50], y[:50], X[50:], y[50:], choose_runtime("cpu", fast=False),
+                         tmp_path / "m.pt", progress=False)
+    np.testing.assert_allclose(stepped, expected, rtol=1e-12)  # every step's rate, the recipe's peak among them
 
 
 class Constant(nn.Module):
@@ -189,7 +231,7 @@ def test_train_member_takes_every_part_of_its_recipe_as_given(tmp_path):
 
     recipe = code["Recipe"](epochs=2, lr=1e-3, batch_size=18, make_model=lambda: code["StrongerCNN"](width=4),
                             augment=augment, loss_fn=loss_fn, train_epoch=train_epoch, schedule=schedule)
-    runtime = choose_runtime("cpu", fast=False)
+    runtime = dataclasses.replace(choose_runtime("cpu", fast=False), fused=True)  # as a CUDA runtime asks
     model, history = code["train_member"](7, recipe, X[:50], y[:50], X[50:], y[50:], runtime, tmp_path / "m.pt",
                                           progress=False)
     assert model.head.in_features == 16  # width 4: 4, 8, 16 channels
@@ -199,5 +241,6 @@ def test_train_member_takes_every_part_of_its_recipe_as_given(tmp_path):
     assert history["epoch"].tolist() == [1, 2]
     assert list(history.columns) == ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds"]
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
-    assert torch.load(tmp_path / "m.pt", weights_only=True)["config"]["EPOCHS"] == 2
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert saved["config"]["EPOCHS"] == 2 and saved["optimizer"]["param_groups"][0]["fused"] is True  # the runtime's
     assert code["Recipe"](epochs=1, lr=1e-3, batch_size=10).train_epoch is code["train_one_epoch"]  # the default

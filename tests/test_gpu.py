@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import learnable_digits, make_digits, notebook_namespace
+from conftest import gpu_tests_skip_reason, learnable_digits, make_digits, notebook_namespace
 from mnist_helpers import (
     DeviceBatches,
     Runtime,
@@ -29,8 +29,8 @@ from mnist_helpers import (
     to_image_tensor,
 )
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(gpu_tests_skip_reason() is not None,
+                                                  reason=gpu_tests_skip_reason() or "")]
 
 
 @pytest.fixture(scope="module")

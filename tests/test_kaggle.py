@@ -70,8 +70,9 @@ def test_kernel_metadata_sets_every_field_for_a_push_to_a_t4_without_internet():
     assert (KAGGLE_DIR / metadata["code_file"]).is_file()
     assert (metadata["language"], metadata["kernel_type"]) == ("python", "notebook")
     assert metadata["competition_sources"] == ["digit-recognizer"]
-    # A push without machine_shape has landed on a P100, which Kaggle's PyTorch cannot run; "NvidiaTeslaT4" is the
-    # kaggle client's name for GPU T4 x2. The client defaults enable_internet to true although its docs say false.
+    # "NvidiaTeslaT4" is the kaggle client's name for GPU T4 x2: asked for by name, not left to the server's choice
+    # (kaggle 2.2.5 lists the P100, which Kaggle's PyTorch cannot run, as retired). The client defaults
+    # enable_internet to true although its docs say false.
     assert metadata["enable_gpu"] is True and metadata["machine_shape"] == "NvidiaTeslaT4"
     assert metadata["enable_internet"] is False and metadata["enable_tpu"] is False
     assert metadata["dataset_sources"] == metadata["kernel_sources"] == metadata["model_sources"] == []

@@ -27,6 +27,8 @@ def labels(n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("n, folds", [(1000, 5), (997, 3), (420, 7)])
 def test_the_folds_are_disjoint_stratified_cover_every_row_and_are_seeded(n, folds):
+    # Guards stratified_folds' own work: the fold number it writes for every row, from StratifiedKFold's held-out
+    # indices, and the arguments it passes (n_splits=folds, shuffle=True, random_state=seed).
     y = labels(n)
     fold = stratified_folds(y, folds, seed=42)
     assert fold.shape == (n,) and fold.dtype == np.int64

@@ -73,14 +73,30 @@ def test_make_run_passes_the_parameters_that_are_set():
     assert "-p SEED" not in dry_run
 
 
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """run(fast): the reference recipe's smoke run, headless, once per FAST for the whole module: the data folder,
+    the output folder and the executed notebook."""
+    runs: dict = {}
+
+    def run(fast: bool):
+        if fast not in runs:
+            tmp_path = tmp_path_factory.mktemp(f"smoke-fast-{fast}")
+            X, y = learnable_digits(500)
+            X_test, y_test = learnable_digits(200, seed=1)
+            write_train_csv(tmp_path / "train.csv", X, y)
+            write_test_csv(tmp_path / "test.csv", X_test)
+            pd.DataFrame({"ImageId": range(1, 201), "Label": y_test}).to_csv(tmp_path / "test_labels.csv", index=False)
+            runs[fast] = tmp_path, *run_notebook(tmp_path, DATA_DIR=str(tmp_path), EPOCHS=3, BATCH_SIZE=20, FAST=fast)
+        return runs[fast]
+
+    return run
+
+
 @pytest.mark.parametrize("fast", [True, False])
-def test_smoke_run_learns_generated_digits_and_submits_the_final_models_answers_in_order(tmp_path, fast):
-    X, y = learnable_digits(500)
-    X_test, y_test = learnable_digits(200, seed=1)
-    write_train_csv(tmp_path / "train.csv", X, y)
-    write_test_csv(tmp_path / "test.csv", X_test)
-    pd.DataFrame({"ImageId": range(1, 201), "Label": y_test}).to_csv(tmp_path / "test_labels.csv", index=False)
-    output_dir, executed = run_notebook(tmp_path, DATA_DIR=str(tmp_path), EPOCHS=3, BATCH_SIZE=20, FAST=fast)
+def test_smoke_run_learns_generated_digits_and_submits_the_final_models_answers_in_order(smoke_run, fast):
+    _, output_dir, executed = smoke_run(fast)
+    X_test, y_test = learnable_digits(200, seed=1)  # the run's test.csv and test_labels.csv
 
     check_submission_file(output_dir / "submission.csv", rows=200)
     history = pd.read_csv(output_dir / "history.csv")
@@ -103,10 +119,13 @@ def test_smoke_run_learns_generated_digits_and_submits_the_final_models_answers_
 
 
 def test_missing_data_stops_the_notebook_with_one_clear_line(tmp_path):
-    with pytest.raises(papermill.PapermillExecutionError) as error:
-        run_notebook(tmp_path, DATA_DIR=str(tmp_path / "nowhere"), EPOCHS=1)
-    assert error.value.ename == "FileNotFoundError"
-    assert "nowhere" in error.value.evalue and "kaggle competitions download" in error.value.evalue
+    # In this process: a kernel adds nothing to an error raised in the loading cell (test_run.py checks how `make
+    # run` reports a notebook's error).
+    with pytest.raises(FileNotFoundError) as error:
+        run_notebook_in_process({"DATA_DIR": str(tmp_path / "nowhere"), "OUTPUT_DIR": str(tmp_path / "output")},
+                                until_tag="load")
+    assert "nowhere" in str(error.value) and "kaggle competitions download" in str(error.value)
+    assert "\n" not in str(error.value)
 
 
 @needs_shared_data
@@ -120,8 +139,10 @@ def test_real_csvs_pass_validation_with_the_competition_shapes():
 def test_two_epochs_on_3000_real_digits_reach_90_percent(tmp_path):
     # Smaller batches and a larger LR than the full run's defaults, because 2 epochs of 2400 images are only
     # 192 steps; seeds 1, 7 and 42 gave 93.3-93.8% here, so 90% leaves room for other CPUs' arithmetic.
-    output_dir, _ = run_notebook(tmp_path, DATA_DIR=str(SHARED_DATA_DIR), EPOCHS=2, TRAIN_ROWS=3000,
-                                 TEST_ROWS=1000, BATCH_SIZE=25, LR=3e-3)
+    output_dir = tmp_path / "output"  # in this process: the smoke runs above go through papermill
+    run_notebook_in_process({"DATA_DIR": str(SHARED_DATA_DIR), "EPOCHS": 2, "TRAIN_ROWS": 3000, "TEST_ROWS": 1000,
+                             "BATCH_SIZE": 25, "LR": 3e-3, "PROGRESS": False, "LOSS_LINES": False,
+                             "OUTPUT_DIR": str(output_dir)}, until_tag="submission")
     history = pd.read_csv(output_dir / "history.csv")
     assert len(history) == 2
     assert history["valid_acc"].iloc[-1] >= 0.90, history
@@ -143,9 +164,9 @@ def test_a_run_that_fails_before_writing_leaves_the_old_submission_byte_identica
     write_train_csv(tmp_path / "train.csv", X, y)
     (tmp_path / "test.csv").write_text(",".join(f"pixel{i}" for i in range(784)) + "\n" + "1," * 783 + "oops\n")
     before = previous_submission.read_bytes()
-    with pytest.raises(papermill.PapermillExecutionError) as error:
-        run_notebook(tmp_path, DATA_DIR=str(tmp_path), EPOCHS=1)
-    assert error.value.ename == "ValueError" and "column 'pixel783': 'oops' is not a number" in error.value.evalue
+    with pytest.raises(ValueError, match="column 'pixel783': 'oops' is not a number"):
+        run_notebook_in_process({"DATA_DIR": str(tmp_path), "EPOCHS": 1, "OUTPUT_DIR": str(previous_submission.parent)},
+                                until_tag="submission")
     assert previous_submission.read_bytes() == before
 
 
@@ -230,10 +251,9 @@ def test_smoke_run_of_the_best_recipe_writes_its_submission_and_shows_the_analys
 
 
 def test_an_unknown_recipe_stops_with_one_line(tmp_path):
-    with pytest.raises(papermill.PapermillExecutionError) as error:
-        run_notebook(tmp_path, RECIPE="fastest")
-    assert error.value.ename == "ValueError"
-    assert error.value.evalue == "RECIPE must be 'reference' or 'best', got 'fastest'."
+    with pytest.raises(ValueError) as error:
+        run_notebook_in_process({"RECIPE": "fastest"}, until_tag="setup")
+    assert str(error.value) == "RECIPE must be 'reference' or 'best', got 'fastest'."
 
 
 def code_cell(tag: str) -> str:
@@ -281,11 +301,8 @@ def test_every_public_helper_names_the_notebook_section_that_calls_it():
         assert re.match(r"Sections? \d", doc), f"{name}'s docstring names no section: {doc!r}"
 
 
-def test_with_the_reference_recipe_section_9_shows_no_empty_cells(tmp_path):
-    X, y = make_digits(300)
-    write_train_csv(tmp_path / "train.csv", X, y)
-    write_test_csv(tmp_path / "test.csv", make_digits(50, seed=1)[0])
-    _, executed = run_notebook(tmp_path, DATA_DIR=str(tmp_path), EPOCHS=1, PROGRESS=False)
+def test_with_the_reference_recipe_section_9_shows_no_empty_cells(smoke_run):
+    _, _, executed = smoke_run(True)  # RECIPE = "reference", the default
     cells = executed.cells[next(i for i, c in enumerate(executed.cells) if c.source.startswith("## 9.")):]
     for cell in cells:
         if cell.cell_type == "code" and not re.match(r"(class|def|from|import|@)", cell.source.lstrip()):

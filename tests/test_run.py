@@ -97,7 +97,9 @@ def test_make_run_on_a_bare_clone_fetches_the_data_and_shows_each_epoch_as_it_ha
                                                                                      learnable_mirror):
     mirror, mirror_env = learnable_mirror
     env = clean_environment(tmp_path, TEST_CLONE_DIR=str(fresh_clone), **mirror_env)
-    run = make(fresh_clone, "run", "EPOCHS=3", "BATCH_SIZE=20", env=env)
+    # Started as `nohup make run &` starts it, with SIGINT ignored all the way down: the run must not need Ctrl-C.
+    run = make(fresh_clone, "run", "EPOCHS=3", "BATCH_SIZE=20", env=env,
+               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     lines, history_existed_at_epoch_1 = [], None
     for line in run.stdout:  # read as the run prints, not after it ends
         lines.append(line.rstrip("\n"))
@@ -307,6 +309,7 @@ def run_in_a_terminal(command: list[str], cwd: Path, env: dict, interrupt_after:
         warnings.simplefilter("ignore", DeprecationWarning)  # this child only changes folder and execs at once
         pid, fd = pty.fork()
     if pid == 0:  # the child: a session of its own, with the pty as its controlling terminal
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # as a terminal's shell starts a program, however pytest started
         os.chdir(cwd)
         os.execvpe(command[0], command, env)
     shown, interrupted_at, deadline = b"", None, time.monotonic() + timeout
@@ -332,6 +335,7 @@ def run_in_a_terminal(command: list[str], cwd: Path, env: dict, interrupt_after:
 
 
 @pytest.mark.whole_pipeline
+@pytest.mark.sigint
 def test_ctrl_c_in_a_terminal_shows_the_interrupted_line_only_and_resume_finishes_the_same_submission(tmp_path):
     X, y = learnable_digits(300)
     write_train_csv(tmp_path / "train.csv", X, y)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import random
+import warnings
+import weakref
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from conftest import KAGGLE_CU128_ARCHS, make_digits, notebook_namespace
+from conftest import KAGGLE_CU128_ARCHS, gpu_tests_skip_reason, make_digits, notebook_namespace
 from mnist_helpers import (
     Runtime,
     choose_runtime,
@@ -62,6 +64,17 @@ def test_gpus_the_build_does_not_cover_fall_back_to_the_cpu(fake_gpu, recwarn, c
     assert get_device() == torch.device("cpu")
     assert len(recwarn) == 1 and "\n" not in str(recwarn[0].message)
     assert str(recwarn[0].message).startswith(f"Some GPU (sm_{capability[0]}{capability[1]}) is not supported")
+
+
+def test_the_gpu_tests_skip_with_the_reason_where_no_gpu_they_can_use_is(fake_gpu, monkeypatch):
+    # tests/test_gpu.py's skip: on a P100 under Kaggle's cu128 PyTorch they would fail on the first kernel instead.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_tests_skip_reason() == "needs a CUDA GPU (run on a GPU machine)"
+    fake_gpu((6, 0), "Tesla P100-PCIE-16GB", arch_list=KAGGLE_CU128_ARCHS)
+    assert gpu_tests_skip_reason() == ("needs a GPU this PyTorch has kernels for: Tesla P100-PCIE-16GB (sm_60) is not "
+                                       "supported by this PyTorch build (sm_70 ... sm_120)")
+    fake_gpu((7, 5), "Tesla T4", arch_list=KAGGLE_CU128_ARCHS)
+    assert gpu_tests_skip_reason() is None
 
 
 def test_device_facts_name_the_gpu_and_its_capability(fake_gpu):
@@ -144,6 +157,54 @@ def test_prediction_halves_the_batch_after_out_of_memory_and_keeps_every_row():
     with torch.no_grad():
         expected = model.linear(torch.from_numpy(X).float().div(255)).argmax(1).numpy()
     np.testing.assert_array_equal(labels, expected)
+
+
+def test_the_failed_batch_is_let_go_before_the_cache_is_emptied(fake_gpu, monkeypatch):
+    # With a GPU, empty_cache hands the allocator's free blocks back; blocks still held by the failed batch (kept
+    # alive by the error's traceback, or a variable) would stay taken, and the retry could run out of memory again.
+    fake_gpu((7, 5), "Tesla T4")  # so that predict empties CUDA's cache; the tensors themselves stay on the CPU
+    model, batches = RunsOutOfMemory(limit=4), []
+    forward = model.forward
+
+    def remembered(x):  # every batch the model is given, weakly, so as not to keep it alive here
+        batches.append(weakref.ref(x))
+        return forward(x)
+
+    alive_at_empty_cache = []
+    model.forward = remembered
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: alive_at_empty_cache.append(
+        sum(batch() is not None for batch in batches)))
+    with pytest.warns(UserWarning, match="out of memory"):
+        predict(model, make_digits(8)[0], "cpu", batch_size=8)
+    assert alive_at_empty_cache == [0]  # the 8 images that failed were freed first
+
+
+@pytest.mark.parametrize("message", [
+    "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+    "MPS backend out of memory (MPS allocated: 17.50 GB, other allocations: 1.20 GB, max allowed: 18.13 GB)",
+])
+def test_a_librarys_allocation_failure_halves_the_batch_too(message):
+    class LibraryRunsOutOfMemory(RunsOutOfMemory):
+        def forward(self, x):
+            if len(x) > self.limit:
+                raise RuntimeError(message)  # not torch.OutOfMemoryError: cuDNN, cuBLAS and MPS raise these
+            return BatchRecorder.forward(self, x)
+
+    model = LibraryRunsOutOfMemory(limit=5)
+    with pytest.warns(UserWarning, match="out of memory at a batch of 10 images; retrying with 5"):
+        assert predict(model, make_digits(20)[0], "cpu", batch_size=10).shape == (20,)
+    assert set(model.batch_sizes) == {5}
+
+
+def test_any_other_error_in_prediction_is_raised_as_it_is():
+    class Broken(BatchRecorder):
+        def forward(self, x):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x784 and 100x10)")
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no retry was attempted
+        predict(Broken(), make_digits(8)[0], "cpu", batch_size=8)
 
 
 def test_prediction_gives_up_below_a_batch_of_one_with_a_clear_message():

@@ -3,14 +3,11 @@ scoring with score_submission and its command line, tools/score.py."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO_DIR
+from conftest import REPO_DIR, run_as_a_script
 from mnist_helpers import check_submission, score_submission, write_submission
 
 
@@ -150,16 +147,15 @@ def test_score_validates_like_kaggle_with_one_line_naming_the_file(tmp_path, lab
     assert message.startswith(f"{submission}: ") and words in message and "\n" not in message
 
 
-def test_score_from_the_command_line_refuses_a_bad_submission_in_one_line(tmp_path, labels_csv):
+def test_score_from_the_command_line_refuses_a_bad_submission_in_one_line(tmp_path, labels_csv, capsys):
     submission = _write(tmp_path / "submission.csv", "ImageId,Label\n1,7\n2,12\n3,1\n4,0\n")
-    done = subprocess.run([sys.executable, "tools/score.py", str(submission), str(labels_csv)],
-                          cwd=REPO_DIR, capture_output=True, text=True)
-    assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr == f"error: {submission}: submission row 2: Label is 12, expected a digit 0-9.\n"
+    assert run_as_a_script(REPO_DIR / "tools" / "score.py", str(submission), str(labels_csv)) == 1
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err == f"error: {submission}: submission row 2: Label is 12, expected a digit 0-9.\n"
 
 
-def test_score_from_the_command_line(tmp_path, labels_csv):
+def test_score_from_the_command_line(tmp_path, labels_csv, capsys):
     submission = _write(tmp_path / "submission.csv", "ImageId,Label\n1,7\n2,2\n3,1\n4,0\n")
-    done = subprocess.run([sys.executable, "tools/score.py", str(submission), str(labels_csv)],
-                          cwd=REPO_DIR, capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == f"{submission}: accuracy 1.00000 (4 of 4 correct) against {labels_csv}"
+    assert run_as_a_script(REPO_DIR / "tools" / "score.py", str(submission), str(labels_csv)) == 0
+    assert capsys.readouterr().out.strip() == f"{submission}: accuracy 1.00000 (4 of 4 correct) against {labels_csv}"

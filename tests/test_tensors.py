@@ -49,6 +49,9 @@ def _ids(X):
 
 
 def test_split_is_disjoint_complete_and_stratified():
+    # Guards what split_train_valid passes and returns, not scikit-learn: test_size=valid_size (200 of 1000),
+    # stratify=y (each digit keeps its share) and the order X_train, X_valid, y_train, y_valid (labels stay with
+    # their images).
     X, y = _with_row_ids(1000)
     X_train, X_valid, y_train, y_valid = split_train_valid(X, y, valid_size=0.2, seed=42)
     assert len(X_valid) == 200 and len(X_train) == 800
@@ -59,6 +62,7 @@ def test_split_is_disjoint_complete_and_stratified():
 
 
 def test_split_repeats_with_the_seed_and_changes_without_it():
+    # Guards random_state=seed, which split_train_valid passes: the seed, and only the seed, picks the rows.
     X, y = _with_row_ids(500)
     first = split_train_valid(X, y, 0.2, seed=7)[1]
     again = split_train_valid(X, y, 0.2, seed=7)[1]

@@ -17,7 +17,15 @@ import pytest
 import torch
 
 import mnist_helpers
-from conftest import NOTEBOOK, REPO_DIR, make_digits, notebook_namespace, write_test_csv, write_train_csv
+from conftest import (
+    NOTEBOOK,
+    REPO_DIR,
+    make_digits,
+    notebook_namespace,
+    run_as_a_script,
+    write_test_csv,
+    write_train_csv,
+)
 from mnist_helpers import Runtime, output_dir_for
 from notebook_cells import notebook_code_cells
 
@@ -48,14 +56,22 @@ def test_output_dir_is_kaggles_working_folder_on_kaggle_and_output_elsewhere(tmp
     assert not (tmp_path / "not-made").exists()
 
 
-def test_the_utility_script_run_with_no_arguments_says_what_it_is_and_succeeds():
-    done = subprocess.run([sys.executable, "mnist_helpers.py"], cwd=REPO_DIR, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr  # Kaggle runs a utility script like this when it saves a version
-    assert done.stdout.startswith("mnist_helpers.py: the utilities that digit_recognizer.ipynb imports")
-    assert "tools/get_data.py" in done.stdout and "tools/score.py" in done.stdout
-    old_command = subprocess.run([sys.executable, "mnist_helpers.py", "download"], cwd=REPO_DIR, capture_output=True,
-                                 text=True)
-    assert old_command.returncode == 2 and "tools/get_data.py" in old_command.stdout  # where the command line went
+def test_the_utility_script_run_with_no_arguments_says_what_it_is_and_succeeds(capsys):
+    assert run_as_a_script(REPO_DIR / "mnist_helpers.py") == 0  # Kaggle runs a utility script so when it saves it
+    printed = capsys.readouterr().out
+    assert printed.startswith("mnist_helpers.py: the utilities that digit_recognizer.ipynb imports")
+    assert "tools/get_data.py" in printed and "tools/score.py" in printed
+    assert run_as_a_script(REPO_DIR / "mnist_helpers.py", "download") == 2
+    assert "tools/get_data.py" in capsys.readouterr().out  # where the command line went
+
+
+def stand_in_helper(folder: Path) -> Path:
+    """A mnist_helpers.py that imports nothing: the set-up cell only has to find it (a fresh Python would otherwise
+    spend seconds importing torch for each of these tests)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "mnist_helpers.py"
+    path.write_text('"""A stand-in for the helper, for the set-up cell to find."""\n')
+    return path
 
 
 def run_setup_cell(cwd: Path, kaggle_root: Path, extra: str = "") -> subprocess.CompletedProcess:
@@ -77,8 +93,7 @@ def run_setup_cell(cwd: Path, kaggle_root: Path, extra: str = "") -> subprocess.
 ])
 def test_the_set_up_cell_finds_the_helper_wherever_kaggle_mounted_it(tmp_path, mount):
     mounted = tmp_path / "kaggle" / mount
-    mounted.mkdir(parents=True)
-    shutil.copy(REPO_DIR / "mnist_helpers.py", mounted)
+    stand_in_helper(mounted)
     (tmp_path / "working").mkdir()
     done = run_setup_cell(tmp_path / "working", tmp_path / "kaggle", "print(mh.__file__)")
     assert done.returncode == 0, done.stderr
@@ -87,10 +102,8 @@ def test_the_set_up_cell_finds_the_helper_wherever_kaggle_mounted_it(tmp_path, m
 
 def test_the_set_up_cell_prefers_the_helper_beside_the_notebook(tmp_path):
     # kaggle/digit_recognizer.ipynb writes the helper into the working folder: that copy wins over a mounted one.
-    (tmp_path / "kaggle" / "usr" / "lib" / "mnist_helpers").mkdir(parents=True)
-    shutil.copy(REPO_DIR / "mnist_helpers.py", tmp_path / "kaggle" / "usr" / "lib" / "mnist_helpers")
-    (tmp_path / "working").mkdir()
-    shutil.copy(REPO_DIR / "mnist_helpers.py", tmp_path / "working")
+    stand_in_helper(tmp_path / "kaggle" / "usr" / "lib" / "mnist_helpers")
+    stand_in_helper(tmp_path / "working")
     done = run_setup_cell(tmp_path / "working", tmp_path / "kaggle", "print(mh.__file__)")
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip().splitlines()[-1]).resolve() == (tmp_path / "working" / "mnist_helpers.py")
