@@ -226,7 +226,8 @@ def main() -> None:
             result = {"rc": f"skipped: no data: {error}"}
         else:
             print(f"gpu_check: {name} (up to {limit:.0f} s)", flush=True)
-            report["data_dir"] = str(data_dir) if data_dir else report["data_dir"]
+            if data_dir is not None:
+                report["data_dir"] = str(data_dir)
             if name == "tests":
                 result = pytest_stage(args.out, limit)
             elif name == "bench":
