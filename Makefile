@@ -21,7 +21,7 @@ NOTEBOOK := digit_recognizer.ipynb
 OUTPUT_DIR ?= output
 # Notebook parameters that `make run` (and `make figures`) hand to papermill when they are set; run: OUTPUT_DIR always.
 PARAMETERS := DATA_DIR EPOCHS BATCH_SIZE LR VALID_SIZE SEED TRAIN_ROWS TEST_ROWS FAST PROGRESS LOSS_LINES RESUME \
-              DETERMINISTIC RECIPE BEST_EPOCHS BEST_LR FOLDS ROUNDS TTA
+              DETERMINISTIC RECIPE BEST_EPOCHS BEST_LR FOLDS ROUNDS WORKERS TTA
 NOTEBOOK_PARAMETERS = $(strip $(foreach p,$(PARAMETERS),$(if $($(p)),-p $(p) '$($(p))')))
 PAPERMILL_PARAMETERS = -p OUTPUT_DIR '$(OUTPUT_DIR)' $(NOTEBOOK_PARAMETERS)
 

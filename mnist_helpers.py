@@ -12,12 +12,14 @@ __all__ = [  # what the notebook calls, by section
     "split_train_valid", "to_image_tensor", "Tally", "EpochProgress", "TrainingCheckpoint",               # 4, 6
     "plot_history", "predict", "predict_proba", "write_submission", "score_submission",                  # 6, 7
     "plot_confusion_matrix", "plot_worst_errors", "per_class_accuracy",                                  # 8
-    "random_affine", "one_cycle_lrs", "stratified_folds", "plot_folds", "make_loaders", "ensemble_proba",  # 9
-    "accuracy_with_error", "plot_learning_curves",                                                       # 9
+    "random_affine", "one_cycle_lrs", "plot_folds", "make_loaders", "ensemble_proba",                    # 9
+    "accuracy_with_error", "plot_learning_curves", "kfold_plan", "choose_workers", "run_on_workers",      # 9
+    "out_of_fold",                                                                                       # 9
 ]
 
 import contextlib
 import csv
+import dataclasses
 import gzip
 import os
 import random
@@ -62,6 +64,174 @@ KAGGLE_COMMAND = ("kaggle competitions download -c digit-recognizer -p data && "
                   "unzip -o data/digit-recognizer.zip -d data")
 DOWNLOAD_HELP = (f"get them with `make data` or `{KAGGLE_COMMAND}` (docs/data.md), on Kaggle with Add Input > "
                  "digit-recognizer, or point DATA_DIR at the folder that holds them")
+
+
+# --- Device and seeding (section 1) ----------------------------------------------------------
+
+def cuda_code_runs_on(arch: str, capability: tuple[int, int]) -> bool:
+    """Section 1, for get_device: True when code built for arch ("sm_86", "compute_120") runs on that capability."""
+    match = re.fullmatch(r"(sm|compute)_(\d+)(\d)([a-z]?)", arch)
+    if match is None:
+        return False
+    kind, major, minor, suffix = match.groups()
+    built = (int(major), int(minor))
+    if kind == "compute":  # PTX: the driver compiles it for this GPU, if the GPU is at least that new
+        return capability >= built
+    if suffix == "a":      # arch-specific machine code (sm_90a): that exact GPU only
+        return capability == built
+    return capability[0] == built[0] and capability[1] >= built[1]  # machine code: same major, same or later minor
+
+
+def unsupported_gpu_message(index: int = 0) -> str | None:
+    """Section 1, for get_device: None when this build has kernels for CUDA GPU `index`, else one line saying not."""
+    arch_list = torch.cuda.get_arch_list()  # what this build was compiled for, e.g. ["sm_75", ..., "compute_120"]
+    capability = torch.cuda.get_device_capability(index)
+    if not arch_list or any(cuda_code_runs_on(arch, capability) for arch in arch_list):
+        return None  # an empty list means a build that does not say: trust it
+    machine_code = [arch for arch in arch_list if arch.startswith("sm_")] or arch_list
+    return (f"{torch.cuda.get_device_name(index)} (sm_{capability[0]}{capability[1]}) is not supported by this "
+            f"PyTorch build ({machine_code[0]} ... {machine_code[-1]}); on Kaggle choose GPU T4 x2; running on the CPU")
+
+
+def get_device() -> torch.device:
+    """Section 1: the first CUDA GPU that this PyTorch has kernels for, else Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        problem = unsupported_gpu_message(0)
+        if problem is None:
+            return torch.device("cuda")
+        warnings.warn(problem, stacklevel=2)  # e.g. a P100 (sm_60) under a cu128 build: no kernel would run
+        return torch.device("cpu")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def device_facts(device: torch.device | str) -> dict:
+    """Sections 1 and 6, for Runtime and checkpoints: the device's name and CUDA compute capability ("7.5")."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {"DEVICE_NAME": device.type, "CAPABILITY": None}
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"DEVICE_NAME": torch.cuda.get_device_name(device), "CAPABILITY": f"{major}.{minor}"}
+
+
+def seed_everything(seed: int, deterministic: bool = False, device: torch.device | str | None = None) -> None:
+    """Sections 1 and 9: seed Python, NumPy and PyTorch (the CPU; every GPU, or with device only that one GPU)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":  # a parallel worker: its own GPU, not the other workers'
+        torch.default_generator.manual_seed(seed)
+        torch.cuda.init()  # so that the generator below exists, rather than a lazy seeding of whichever GPU is current
+        torch.cuda.default_generators[_cuda_index(device)].manual_seed(seed)
+    else:
+        torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:  # CPU runs repeat without this; on CUDA it costs speed (docs/reproducibility.md)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for repeatable matmuls
+        torch.use_deterministic_algorithms(True, warn_only=True)  # warn where CUDA has no repeatable kernel
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def _cuda_index(device: torch.device) -> int:
+    """The GPU number of a CUDA device: 1 for cuda:1; the current GPU for plain cuda."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+# --- The runtime: how to compute fastest on this device (section 1, appendix) -------------------
+
+@dataclass(frozen=True)
+class Runtime:
+    """Sections 1-9: how to compute on one device: precision, memory format, where the batches live, batch sizes."""
+
+    device: torch.device
+    fast: bool = False                   # False: the plain fp32 DataLoader pipeline of the reference
+    amp_dtype: torch.dtype | None = None  # None: plain fp32; torch.bfloat16 or torch.float16: autocast
+    channels_last: bool = False          # NHWC activations, the layout oneDNN and cuDNN convolve fastest
+    data_on_device: bool = False         # whole tensors on the device, batches sliced there (DeviceBatches)
+    cudnn_benchmark: bool = False        # let cuDNN time its convolution algorithms once, then reuse the best
+    fused: bool | None = None            # Adam's fused kernel: True on CUDA; None: torch's own choice
+    eval_batch_size: int | None = None   # validation batch; None: the training batch
+    predict_batch_size: int = 1000       # test images per forward pass
+
+    @property
+    def precision(self) -> str:
+        """What the convolutions compute in: "bfloat16", "float16" or "float32"."""
+        return str(self.amp_dtype or torch.float32).removeprefix("torch.")
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """torch.channels_last or torch.contiguous_format."""
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def describe(self) -> str:
+        """Section 1: two lines: the device (a GPU's name and compute capability), then what the fast path does."""
+        facts = device_facts(self.device)
+        gpu = f" ({facts['DEVICE_NAME']}, compute capability {facts['CAPABILITY']})" if facts["CAPABILITY"] else ""
+        return (f"device: {self.device}{gpu}, torch {torch.__version__}\nfast path: {self.fast} (autocast "
+                f"{self.precision}, channels_last {self.channels_last}, data on device {self.data_on_device})")
+
+    def autocast(self) -> AbstractContextManager:
+        """Section 6: run matmuls and convolutions in amp_dtype; for fp32 a plain no-op context."""
+        if self.amp_dtype is None:  # not torch.autocast(..., enabled=False): older PyTorch refuses it on MPS
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Section 6: a GradScaler that scales the loss for fp16 (small gradients would flush to zero), else passes."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Section 5: the model on the device, in channels_last when enabled (and cudnn.benchmark switched on)."""
+        if self.cudnn_benchmark and not torch.are_deterministic_algorithms_enabled():
+            torch.backends.cudnn.benchmark = True  # a global switch, so set here, when a model is placed, not at build
+        return model.to(self.device, memory_format=self.memory_format)
+
+    def to_device(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Section 6: one batch on the device, in the model's memory format (a no-op when it is already there)."""
+        return xb.to(self.device, memory_format=self.memory_format), yb.to(self.device)
+
+    def batches(self, loader: DataLoader) -> DataLoader | DeviceBatches:
+        """Section 4: the loader itself, or on the fast path its batches sliced on the device (bigger to evaluate)."""
+        plain_shuffle = type(loader.sampler) is RandomSampler and not loader.sampler.replacement and \
+            loader.sampler.num_samples == len(loader.dataset) and loader.sampler.generator is loader.generator
+        plain = isinstance(loader.dataset, TensorDataset) and loader.batch_size is not None and \
+            loader.collate_fn is default_collate and (plain_shuffle or type(loader.sampler) is SequentialSampler)
+        if not self.data_on_device or not plain:
+            return loader  # its own dataset, sampler or collate_fn: served as the DataLoader serves it
+        training = isinstance(loader.sampler, RandomSampler)
+        return DeviceBatches(loader, self.device, None if training else self.eval_batch_size)
+
+
+def cpu_supports_bf16() -> bool:
+    """Section 1, for choose_runtime: True when the CPU computes bf16 natively (AVX512-BF16 or AMX)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def cuda_autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """Section 1, for choose_runtime: bf16 from compute capability 8.0 on, fp16 on 7.x, None (fp32) below."""
+    major, _ = torch.cuda.get_device_capability(device)
+    # Not torch.cuda.is_bf16_supported(): it also says True on a T4 or P100, which only emulate bf16, slowly.
+    return torch.bfloat16 if major >= 8 else torch.float16 if major == 7 else None
+
+
+def choose_runtime(device: torch.device | str, fast: bool = True, bf16: bool | None = None) -> Runtime:
+    """Section 1: the fastest correct settings for device, no global touched; fast=False: plain fp32; bf16: CPU's."""
+    device = torch.device(device)
+    if not fast:
+        return Runtime(device)
+    if device.type == "cuda":
+        amp_dtype = cuda_autocast_dtype(device)  # channels_last pays only where tensor cores do the convolutions
+        # fused Adam: one kernel steps every weight, and fp16's GradScaler hands it the inf check on the GPU; the
+        # unfused step would wait for that check on the CPU (.item()) at every batch.
+        return Runtime(device, True, amp_dtype, channels_last=amp_dtype is not None, data_on_device=True,
+                       cudnn_benchmark=True, fused=True, eval_batch_size=2000, predict_batch_size=4000)
+    if device.type == "cpu":
+        bf16 = cpu_supports_bf16() if bf16 is None else bf16
+        return Runtime(device, True, torch.bfloat16 if bf16 else None, channels_last=True, data_on_device=True,
+                       eval_batch_size=1000, predict_batch_size=2000)
+    return Runtime(device, True)  # Apple MPS and the rest: the plain fp32 path, which is known to be correct
 
 
 # --- Finding the data (section 2) ------------------------------------------------------
@@ -291,7 +461,7 @@ def split_train_valid(X: np.ndarray, y: np.ndarray, valid_size: float,
 
 
 def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Section 9: the fold (0 .. folds - 1) of each row (N,), seeded, each fold with the same mix of digits."""
+    """Section 9, for kfold_plan: each row's fold (N,), 0 .. folds - 1, seeded, each with the same mix of digits."""
     counts = np.bincount(y, minlength=N_CLASSES)
     fewest = int(np.argmin(np.where(counts > 0, counts, len(y) + 1)))  # the rarest digit present
     if folds < 2 or counts[fewest] < folds:
@@ -340,386 +510,6 @@ def make_loaders(X_train: np.ndarray, y_train: np.ndarray, X_valid: np.ndarray |
                        generator=torch.Generator().manual_seed(seed))
     valid = None if X_valid is None else runtime.batches(DataLoader(dataset(X_valid, y_valid), batch_size))
     return runtime.batches(train), valid
-
-
-# --- Device and seeding (section 1) ----------------------------------------------------------
-
-def cuda_code_runs_on(arch: str, capability: tuple[int, int]) -> bool:
-    """Section 1, for get_device: True when code built for arch ("sm_86", "compute_120") runs on that capability."""
-    match = re.fullmatch(r"(sm|compute)_(\d+)(\d)([a-z]?)", arch)
-    if match is None:
-        return False
-    kind, major, minor, suffix = match.groups()
-    built = (int(major), int(minor))
-    if kind == "compute":  # PTX: the driver compiles it for this GPU, if the GPU is at least that new
-        return capability >= built
-    if suffix == "a":      # arch-specific machine code (sm_90a): that exact GPU only
-        return capability == built
-    return capability[0] == built[0] and capability[1] >= built[1]  # machine code: same major, same or later minor
-
-
-def unsupported_gpu_message(index: int = 0) -> str | None:
-    """Section 1, for get_device: None when this build has kernels for CUDA GPU `index`, else one line saying not."""
-    arch_list = torch.cuda.get_arch_list()  # what this build was compiled for, e.g. ["sm_75", ..., "compute_120"]
-    capability = torch.cuda.get_device_capability(index)
-    if not arch_list or any(cuda_code_runs_on(arch, capability) for arch in arch_list):
-        return None  # an empty list means a build that does not say: trust it
-    machine_code = [arch for arch in arch_list if arch.startswith("sm_")] or arch_list
-    return (f"{torch.cuda.get_device_name(index)} (sm_{capability[0]}{capability[1]}) is not supported by this "
-            f"PyTorch build ({machine_code[0]} ... {machine_code[-1]}); on Kaggle choose GPU T4 x2; running on the CPU")
-
-
-def get_device() -> torch.device:
-    """Section 1: the first CUDA GPU that this PyTorch has kernels for, else Apple's MPS, else the CPU."""
-    if torch.cuda.is_available():
-        problem = unsupported_gpu_message(0)
-        if problem is None:
-            return torch.device("cuda")
-        warnings.warn(problem, stacklevel=2)  # e.g. a P100 (sm_60) under a cu128 build: no kernel would run
-        return torch.device("cpu")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def device_facts(device: torch.device | str) -> dict:
-    """Sections 1 and 6, for Runtime and checkpoints: the device's name and CUDA compute capability ("7.5")."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return {"DEVICE_NAME": device.type, "CAPABILITY": None}
-    major, minor = torch.cuda.get_device_capability(device)
-    return {"DEVICE_NAME": torch.cuda.get_device_name(device), "CAPABILITY": f"{major}.{minor}"}
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Sections 1 and 9: seed Python, NumPy and PyTorch; deterministic=True also asks CUDA for repeatable kernels."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-    if deterministic:  # CPU runs repeat without this; on CUDA it costs speed (docs/reproducibility.md)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for repeatable matmuls
-        torch.use_deterministic_algorithms(True, warn_only=True)  # warn where CUDA has no repeatable kernel
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-
-
-# --- The runtime: how to compute fastest on this device (section 1, appendix) -------------------
-
-@dataclass(frozen=True)
-class Runtime:
-    """Sections 1-9: how to compute on one device: precision, memory format, where the batches live, batch sizes."""
-
-    device: torch.device
-    fast: bool = False                   # False: the plain fp32 DataLoader pipeline of the reference
-    amp_dtype: torch.dtype | None = None  # None: plain fp32; torch.bfloat16 or torch.float16: autocast
-    channels_last: bool = False          # NHWC activations, the layout oneDNN and cuDNN convolve fastest
-    data_on_device: bool = False         # whole tensors on the device, batches sliced there (DeviceBatches)
-    cudnn_benchmark: bool = False        # let cuDNN time its convolution algorithms once, then reuse the best
-    fused: bool | None = None            # Adam's fused kernel: True on CUDA; None: torch's own choice
-    eval_batch_size: int | None = None   # validation batch; None: the training batch
-    predict_batch_size: int = 1000       # test images per forward pass
-
-    @property
-    def precision(self) -> str:
-        """What the convolutions compute in: "bfloat16", "float16" or "float32"."""
-        return str(self.amp_dtype or torch.float32).removeprefix("torch.")
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        """torch.channels_last or torch.contiguous_format."""
-        return torch.channels_last if self.channels_last else torch.contiguous_format
-
-    def describe(self) -> str:
-        """Section 1: two lines: the device (a GPU's name and compute capability), then what the fast path does."""
-        facts = device_facts(self.device)
-        gpu = f" ({facts['DEVICE_NAME']}, compute capability {facts['CAPABILITY']})" if facts["CAPABILITY"] else ""
-        return (f"device: {self.device}{gpu}, torch {torch.__version__}\nfast path: {self.fast} (autocast "
-                f"{self.precision}, channels_last {self.channels_last}, data on device {self.data_on_device})")
-
-    def autocast(self) -> AbstractContextManager:
-        """Section 6: run matmuls and convolutions in amp_dtype; for fp32 a plain no-op context."""
-        if self.amp_dtype is None:  # not torch.autocast(..., enabled=False): older PyTorch refuses it on MPS
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def grad_scaler(self) -> torch.amp.GradScaler:
-        """Section 6: a GradScaler that scales the loss for fp16 (small gradients would flush to zero), else passes."""
-        return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Section 5: the model on the device, in channels_last when enabled (and cudnn.benchmark switched on)."""
-        if self.cudnn_benchmark and not torch.are_deterministic_algorithms_enabled():
-            torch.backends.cudnn.benchmark = True  # a global switch, so set here, when a model is placed, not at build
-        return model.to(self.device, memory_format=self.memory_format)
-
-    def to_device(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Section 6: one batch on the device, in the model's memory format (a no-op when it is already there)."""
-        return xb.to(self.device, memory_format=self.memory_format), yb.to(self.device)
-
-    def batches(self, loader: DataLoader) -> DataLoader | DeviceBatches:
-        """Section 4: the loader itself, or on the fast path its batches sliced on the device (bigger to evaluate)."""
-        plain_shuffle = type(loader.sampler) is RandomSampler and not loader.sampler.replacement and \
-            loader.sampler.num_samples == len(loader.dataset) and loader.sampler.generator is loader.generator
-        plain = isinstance(loader.dataset, TensorDataset) and loader.batch_size is not None and \
-            loader.collate_fn is default_collate and (plain_shuffle or type(loader.sampler) is SequentialSampler)
-        if not self.data_on_device or not plain:
-            return loader  # its own dataset, sampler or collate_fn: served as the DataLoader serves it
-        training = isinstance(loader.sampler, RandomSampler)
-        return DeviceBatches(loader, self.device, None if training else self.eval_batch_size)
-
-
-def cpu_supports_bf16() -> bool:
-    """Section 1, for choose_runtime: True when the CPU computes bf16 natively (AVX512-BF16 or AMX)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def cuda_autocast_dtype(device: torch.device | str) -> torch.dtype | None:
-    """Section 1, for choose_runtime: bf16 from compute capability 8.0 on, fp16 on 7.x, None (fp32) below."""
-    major, _ = torch.cuda.get_device_capability(device)
-    # Not torch.cuda.is_bf16_supported(): it also says True on a T4 or P100, which only emulate bf16, slowly.
-    return torch.bfloat16 if major >= 8 else torch.float16 if major == 7 else None
-
-
-def choose_runtime(device: torch.device | str, fast: bool = True, bf16: bool | None = None) -> Runtime:
-    """Section 1: the fastest correct settings for device, no global touched; fast=False: plain fp32; bf16: CPU's."""
-    device = torch.device(device)
-    if not fast:
-        return Runtime(device)
-    if device.type == "cuda":
-        amp_dtype = cuda_autocast_dtype(device)  # channels_last pays only where tensor cores do the convolutions
-        # fused Adam: one kernel steps every weight, and fp16's GradScaler hands it the inf check on the GPU; the
-        # unfused step would wait for that check on the CPU (.item()) at every batch.
-        return Runtime(device, True, amp_dtype, channels_last=amp_dtype is not None, data_on_device=True,
-                       cudnn_benchmark=True, fused=True, eval_batch_size=2000, predict_batch_size=4000)
-    if device.type == "cpu":
-        bf16 = cpu_supports_bf16() if bf16 is None else bf16
-        return Runtime(device, True, torch.bfloat16 if bf16 else None, channels_last=True, data_on_device=True,
-                       eval_batch_size=1000, predict_batch_size=2000)
-    return Runtime(device, True)  # Apple MPS and the rest: the plain fp32 path, which is known to be correct
-
-
-# --- Progress and timing (sections 6 and 9) --------------------------------------------------
-
-def _progress(iterable: Iterable | None = None, desc: str = "", enabled: bool | str = True, **kwargs) -> tqdm:
-    """A tqdm progress bar (a widget in Jupyter, text in a terminal); enabled=False or "lines" shows nothing."""
-    return tqdm(iterable, desc=desc, disable=not enabled or enabled == "lines", dynamic_ncols=True, **kwargs)
-
-
-class Tally:
-    """Sections 6 and 9: a loop's summed loss and right answers, kept on the device, so the GPU never waits for them."""
-
-    def __init__(self, device: torch.device | str):
-        """Start at zero, on device."""
-        self.loss = torch.zeros((), device=device)
-        self.correct = torch.zeros((), dtype=torch.long, device=device)
-        self.seen = 0
-
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, yb: torch.Tensor) -> None:
-        """Count one batch: its mean loss (a 0-d tensor), its logits (B, 10) against its labels (B,)."""
-        self.loss += loss.detach() * len(yb)
-        self.correct += (logits.argmax(dim=1) == yb).sum()
-        self.seen += len(yb)
-
-    def averages(self) -> tuple[float, float]:
-        """The mean loss and the accuracy so far (the one wait for the device); NaN before any batch."""
-        seen = self.seen or float("nan")
-        return self.loss.item() / seen, self.correct.item() / seen
-
-
-class EpochProgress:
-    """Sections 6 and 9: epochs first..last, each timed and shown: a bar (mode True), a line ("lines") or nothing."""
-
-    def __init__(self, first: int, last: int, desc: str = "training", mode: bool | str = True, later: int = 0,
-                 leave: bool = True):
-        """Epochs first..last (first > 1 when resuming), shown as `desc`; mode is the notebook's PROGRESS."""
-        if not (isinstance(mode, bool) or mode == "lines"):  # not 1 or 0: papermill keeps types, so say True
-            raise ValueError(f"PROGRESS must be True, False or 'lines', got {mode!r}.")
-        self.last, self.desc, self.mode, self.later = last, desc, mode, later
-        self.bar = _progress(range(first, last + 1), desc, mode, initial=first - 1, total=last, leave=leave)
-        self.seconds: list[float] = []
-        self.epoch, self.started = first, time.perf_counter()
-
-    def __iter__(self) -> Iterator[int]:
-        """Yield the epoch numbers first..last, starting each one's clock."""
-        for epoch in self.bar:
-            self.epoch, self.started = epoch, time.perf_counter()
-            yield epoch
-
-    def report(self, **figures: float) -> dict:
-        """The finished epoch's row ({"epoch", **figures, "seconds"}), shown; time left: mean epoch x epochs to come."""
-        row = {"epoch": self.epoch, **figures, "seconds": time.perf_counter() - self.started}
-        self.seconds.append(row["seconds"])
-        if self.mode is True:
-            self.bar.set_postfix({key: f"{row[key]:.4f}" for key in ("train_loss", "valid_acc") if key in row})
-        elif self.mode == "lines":
-            left = (self.last - self.epoch + self.later) * float(np.mean(self.seconds))
-            valid = f", valid acc {100 * row['valid_acc']:.2f}%" if "valid_acc" in row else ""
-            print(f"{self.desc}, epoch {self.epoch:>{len(str(self.last))}}/{self.last}: train loss "
-                  f"{row['train_loss']:.4f}{valid}, {row['seconds']:.1f} s, {tqdm.format_interval(left)} left",
-                  flush=True)
-        return row
-
-
-# --- Going further: augmentation and schedules (section 9) -------------------------------------
-
-def _to_device_async(values: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small CPU tensor on device; to a GPU from page-locked memory, a copy the CPU does not wait for."""
-    if device.type == "cuda":  # from ordinary memory, the copy would first wait for the GPU's queued work
-        values = values.pin_memory()
-    return values.to(device, non_blocking=True)
-
-
-def random_affine(images: torch.Tensor, degrees: float = 10.0, zoom: float = 0.1, shift: float = 0.1,
-                  strength: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Section 9: rotate (±degrees), zoom (1±zoom) and shift (±shift) each (B, 1, H, W) image at random; no flips."""
-    # Four uniform draws in [-1, 1) per image (angle, zoom, dx, dy), on the CPU so that a CPU generator can seed them.
-    u = _to_device_async(torch.rand(len(images), 4, generator=generator) * 2 - 1, images.device) * strength
-    angle, scale = u[:, 0] * degrees * torch.pi / 180, 1 + u[:, 1] * zoom
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale  # output -> input coordinates, so 1/scale
-    theta = torch.stack([torch.stack([cos, -sin, u[:, 2] * 2 * shift], 1),  # grid units: the image spans [-1, 1],
-                         torch.stack([sin, cos, u[:, 3] * 2 * shift], 1)], 1)  # so 10% of it is 0.2
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)  # (B, H, W, 2)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def one_cycle_lrs(max_lr: float, epochs: int, steps_per_epoch: int) -> np.ndarray:
-    """Section 9: the learning rate at every step of torch's OneCycleLR with these settings, to plot it."""
-    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=max_lr)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
-    lrs = []
-    for _ in range(epochs * steps_per_epoch):
-        lrs.append(scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
-    return np.array(lrs)
-
-
-# --- Checkpoints and resume (sections 6 and 9) -----------------------------------------------
-
-Generators = torch.Generator | Sequence[torch.Generator] | None  # a run's own generators: shuffling, augmentation
-
-
-def _as_list(generators: Generators) -> list[torch.Generator]:
-    """One generator, several, or None, as a list."""
-    return [] if generators is None else [generators] if isinstance(generators, torch.Generator) else list(generators)
-
-
-def _rng_states(generators: Generators) -> dict:
-    """Every random state a resumed run needs, as tensors and plain values (loadable with weights_only=True)."""
-    version, mt_state, gauss = random.getstate()
-    name, keys, position, has_gauss, cached = np.random.get_state()
-    return {"python": [version, list(mt_state), gauss],
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
-            "torch": torch.get_rng_state(),  # dropout masks on the CPU
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "generators": [generator.get_state() for generator in _as_list(generators)]}  # shuffling, augmentation
-
-
-def _restore_rng_states(states: dict, generators: Generators) -> None:
-    """Put back the random states saved by _rng_states."""
-    version, mt_state, gauss = states["python"]
-    random.setstate((version, tuple(mt_state), gauss))
-    name, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    for generator, state in zip(_as_list(generators), states["generators"]):
-        generator.set_state(state)
-
-
-@contextlib.contextmanager
-def _sigint_after() -> Iterator[None]:
-    """Hold back Ctrl-C (a kernel interrupt) until the block is done, then let it act (only the main thread can)."""
-    previous = signal.getsignal(signal.SIGINT)
-    # Ignored (a run started by `nohup ... &`): nothing to hold back. None: a handler set outside Python, which
-    # signal.signal could not put back. Either way the disposition found is left exactly as it is.
-    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
-        yield
-        return
-    held: list = []
-    signal.signal(signal.SIGINT, lambda *received: held.append(received))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if held and callable(previous):  # the interrupt that came during the block, now
-            previous(*held[0])
-        elif held:
-            signal.raise_signal(signal.SIGINT)  # to the default disposition put back: it ends as Ctrl-C ends it
-
-
-class TrainingCheckpoint:
-    """Sections 6 and 9: a run's weights, optimizer, history and random states: save() each epoch, load() to resume."""
-
-    def __init__(self, path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scaler=None, scheduler=None, generators: Generators = None, config: dict | None = None,
-                 runtime: Runtime | None = None, rows: Sequence[np.ndarray] = ()):
-        """config, a runtime's precision and the training rows' CRC must match to resume; the device is recorded."""
-        self.path, self.model, self.optimizer = Path(path), model, optimizer
-        self.scaler, self.scheduler, self.generators = scaler, scheduler, generators
-        self.config = {**(config or {}), **({"FAST": runtime.fast, "PRECISION": runtime.precision} if runtime else {})}
-        if len(rows):  # another split, seed or TRAIN_ROWS gives other rows: "33600 rows, crc32 123456789"
-            crc = 0
-            for array in rows:
-                crc = zlib.crc32(np.ascontiguousarray(array), crc)
-            self.config["ROWS"] = f"{len(rows[0])} rows, crc32 {crc}"
-        self.facts = device_facts(runtime.device) if runtime else {}
-
-    def save(self, epoch: int, history: Sequence[dict]) -> Path:
-        """Write the state after `epoch` atomically, and whole even if Ctrl-C comes meanwhile (it counts after)."""
-        with _sigint_after():
-            return self._write(epoch, history)
-
-    def _write(self, epoch: int, history: Sequence[dict]) -> Path:
-        """The atomic write itself: the previous file survives a failed one."""
-        state = {"epoch": epoch, "history": [dict(row) for row in history], "config": {**self.config, **self.facts},
-                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                 "rng": _rng_states(self.generators)}
-        return atomic_write(self.path, lambda file: torch.save(state, file), binary=True)
-
-    def load(self) -> list[dict]:
-        """The history of the epochs already done, every state restored, and a line saying so; [] with no file yet."""
-        if not self.path.exists():
-            print(f"RESUME: no checkpoint at {self.path} yet, so training starts at epoch 1")
-            return []
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors and plain values only
-        except Exception as error:  # truncated, not a checkpoint, or holding objects weights_only refuses
-            raise ValueError(f"{self.path}: is not a readable checkpoint ({type(error).__name__}); "
-                             "delete it, or run with RESUME=False to start over.") from None
-        keys = {"epoch", "history", "config", "model", "optimizer", "scaler", "scheduler", "rng"}
-        if not isinstance(state, dict) or not keys <= set(state):  # e.g. a bare state_dict saved under this name
-            raise ValueError(f"{self.path}: is not a checkpoint of this notebook's training (it lacks "
-                             f"{sorted(keys - set(state if isinstance(state, dict) else ()))[0]!r}); delete it, or "
-                             "run with RESUME=False to start over.")
-        self._check(state)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for target, saved in ((self.scaler, state["scaler"]), (self.scheduler, state["scheduler"])):
-            if target is not None and saved is not None:
-                target.load_state_dict(saved)
-        _restore_rng_states(state["rng"], self.generators)
-        print(f"resumed from {self.path}: {state['epoch']} of {self.config.get('EPOCHS', '?')} epochs already done")
-        return state["history"]
-
-    def _check(self, state: dict) -> None:
-        """Refuse in one line a checkpoint made with other parameters, or with another number of generators."""
-        recorded = state["config"]
-        made_on = f" on {recorded['DEVICE_NAME']}" if recorded.get("DEVICE_NAME") else ""
-        for name, value in self.config.items():
-            if recorded.get(name) != value:
-                raise ValueError(f"{self.path}: was written with {name}={recorded.get(name)!r}{made_on} but this run "
-                                 f"has {name}={value!r}; resume with the same parameters and the same kind of "
-                                 "device, or RESUME=False to start over.")
-        saved, given = len(state["rng"]["generators"]), len(_as_list(self.generators))
-        if self.generators is not None and saved != given:  # restoring fewer or other generators would not repeat it
-            raise ValueError(f"{self.path}: holds {saved} random generator state(s) but this run restores {given}; it "
-                             "was written by another version of the training code, so run with RESUME=False to start "
-                             "over.")
 
 
 # --- Prediction and submission (sections 7 and 9) -------------------------------------------
@@ -993,6 +783,490 @@ def plot_learning_curves(histories: dict[str, pd.DataFrame]):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+# --- Going further: augmentation and schedules (section 9) -------------------------------------
+
+def _to_device_async(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on device; to a GPU from page-locked memory, a copy the CPU does not wait for."""
+    if device.type == "cuda":  # from ordinary memory, the copy would first wait for the GPU's queued work
+        values = values.pin_memory()
+    return values.to(device, non_blocking=True)
+
+
+def random_affine(images: torch.Tensor, degrees: float = 10.0, zoom: float = 0.1, shift: float = 0.1,
+                  strength: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Section 9: rotate (±degrees), zoom (1±zoom) and shift (±shift) each (B, 1, H, W) image at random; no flips."""
+    # Four uniform draws in [-1, 1) per image (angle, zoom, dx, dy), on the CPU so that a CPU generator can seed them.
+    u = _to_device_async(torch.rand(len(images), 4, generator=generator) * 2 - 1, images.device) * strength
+    angle, scale = u[:, 0] * degrees * torch.pi / 180, 1 + u[:, 1] * zoom
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale  # output -> input coordinates, so 1/scale
+    theta = torch.stack([torch.stack([cos, -sin, u[:, 2] * 2 * shift], 1),  # grid units: the image spans [-1, 1],
+                         torch.stack([sin, cos, u[:, 3] * 2 * shift], 1)], 1)  # so 10% of it is 0.2
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)  # (B, H, W, 2)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def one_cycle_lrs(max_lr: float, epochs: int, steps_per_epoch: int) -> np.ndarray:
+    """Section 9: the learning rate at every step of torch's OneCycleLR with these settings, to plot it."""
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=max_lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    lrs = []
+    for _ in range(epochs * steps_per_epoch):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return np.array(lrs)
+
+
+# --- K-fold models, several at once (section 9) -------------------------------------------------
+
+@dataclass(frozen=True)
+class KFoldModel:
+    """Section 9, from kfold_plan: one model of the K-fold run, and the rows of its fold, which it never trains on."""
+
+    round: int             # 1 .. ROUNDS: each round cuts new folds
+    fold: int              # 1 .. FOLDS
+    seed: int              # its own: weights, shuffling, dropout, augmentation
+    name: str              # "fold 3", or "round 2, fold 3"
+    checkpoint: str        # its file in OUTPUT_DIR, whoever trains it: "best-round2-fold3.pt"
+    held_out: np.ndarray   # (N,) bool: the rows of its fold
+
+
+def kfold_plan(y: np.ndarray, folds: int, rounds: int, seed: int) -> list[KFoldModel]:
+    """Section 9: the rounds x folds models, round by round; a round's folds are stratified and seeded (seed + r)."""
+    plan = []
+    for r in range(rounds):
+        fold_of = stratified_folds(y, folds, seed + r)  # (N,): 0 .. folds - 1
+        for f in range(folds):
+            k = r * folds + f + 1  # the model's number, so its seed is seed + k
+            plan.append(KFoldModel(r + 1, f + 1, seed + k, f"round {r + 1}, fold {f + 1}" if rounds > 1 else
+                                   f"fold {f + 1}", f"best-round{r + 1}-fold{f + 1}.pt", fold_of == f))
+    return plan
+
+
+def out_of_fold(plan: Sequence[KFoldModel], probas: Iterable[np.ndarray]) -> np.ndarray:
+    """Section 9: (R, N, 10): for each round, each row's probabilities from the one model that never saw it."""
+    rounds, rows = max(model.round for model in plan), len(plan[0].held_out)
+    oof = np.full((rounds, rows, N_CLASSES), np.nan, dtype=np.float32)
+    for model, proba in zip(plan, probas, strict=True):
+        oof[model.round - 1, model.held_out] = proba
+    return oof
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Section 9, from choose_workers: the processes that train models at once, one device each, and their threads."""
+
+    devices: tuple[str, ...]  # ("cuda:0", "cuda:1"), or ("cpu", "cpu"); a single one: in this process, in turn
+    threads: int              # CPU threads each worker computes with: its share of the cores
+    measured: tuple[tuple[int, float], ...] = ()  # CPU "auto": (workers, images/s in total) for each count tried
+
+    def describe(self) -> str:
+        """One line: how many workers, on what, and the measurements that chose them."""
+        if len(self.devices) == 1:
+            what = f"1 worker: this process, on {self.devices[0]}, one model after another"
+        else:
+            what = f"{len(self.devices)} workers at once ({', '.join(self.devices)}), {_threads(self.threads)} each"
+        tried = ", ".join(f"{n} x {_threads(self.cores // n)} {rate:,.0f} img/s" for n, rate in self.measured)
+        return what + (f" (measured: {tried})" if tried else "")
+
+    @property
+    def cores(self) -> int:
+        """The CPU threads of all workers together."""
+        return self.threads * len(self.devices)
+
+
+def _threads(count: int) -> str:
+    """"1 CPU thread", "2 CPU threads"."""
+    return f"{count} CPU thread{'s' if count > 1 else ''}"
+
+
+def usable_gpus() -> list[str]:
+    """Section 9, for choose_workers: the CUDA GPUs that this PyTorch has kernels for, as "cuda:0", "cuda:1", ..."""
+    if not torch.cuda.is_available():
+        return []
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count()) if unsupported_gpu_message(i) is None]
+
+
+def choose_workers(workers: int | str, runtime: Runtime, models: int, make_model: Callable[[], torch.nn.Module],
+                   batch_size: int, measure: Callable[..., float] | None = None) -> Workers:
+    """Section 9: WORKERS as processes: "auto" is one per usable GPU, else the count that measures fastest here."""
+    if not (workers == "auto" or (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1)):
+        raise ValueError(f"WORKERS must be 'auto' or a whole number, 1 or more, got {workers!r}.")
+    cores = torch.get_num_threads()
+    if runtime.device.type == "cuda":
+        gpus = usable_gpus() or [str(runtime.device)]
+        count = len(gpus) if workers == "auto" else workers
+        return Workers(tuple(gpus[i % len(gpus)] for i in range(min(count, models))), max(1, cores // count))
+    if workers != "auto" or runtime.device.type != "cpu":  # MPS, or a count given: as many as asked
+        count = 1 if workers == "auto" else min(workers, models)
+        return Workers((str(runtime.device),) * count, max(1, cores // count))
+    counts = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= min(cores, models)]  # each with cores // n threads
+    if len(counts) < 2:  # one core, or one model: nothing to choose between
+        return Workers(("cpu",), cores)
+    measured = tuple((n, (measure or _measure_workers)(n, cores // n, make_model, runtime, batch_size)) for n in counts)
+    best = max(measured, key=lambda pair: pair[1])[0]
+    return Workers(("cpu",) * best, cores // best, measured)
+
+
+def _measure_workers(workers: int, threads: int, make_model: Callable[[], torch.nn.Module], runtime: Runtime,
+                     batch_size: int, seconds: float = 3.0) -> float:
+    """Images per second that `workers` processes of `threads` threads train in total, over the same few seconds."""
+    from joblib import Parallel, delayed
+    with Parallel(n_jobs=workers) as parallel:  # the same worker processes for the warm-up and the timed window
+        parallel(delayed(_training_rate)(make_model, runtime, threads, batch_size, None, None) for _ in range(workers))
+        start = time.time() + 1.0  # every worker started and warm, then all of them timed over one window
+        counts = parallel(delayed(_training_rate)(make_model, runtime, threads, batch_size, start, start + seconds)
+                          for _ in range(workers))
+    return sum(counts) / seconds
+
+
+def _training_rate(make_model: Callable[[], torch.nn.Module], runtime: Runtime, threads: int, batch_size: int,
+                   start: float | None, end: float | None) -> int:
+    """In a worker: train on random batches with `threads` threads; the images of the steps run from start to end."""
+    found = torch.get_num_threads()  # joblib runs one worker's job in this process: put its threads back after
+    torch.set_num_threads(threads)
+    model = runtime.prepare_model(make_model())
+    optimizer = torch.optim.Adam(model.parameters(), fused=runtime.fused)
+    xb = torch.rand(batch_size, 1, 28, 28).to(runtime.device, memory_format=runtime.memory_format)
+    yb = torch.randint(0, N_CLASSES, (batch_size,), device=runtime.device)
+    images, stop = 0, end if end is not None else time.time() + 0.5  # the warm-up: half a second
+    while time.time() < stop:
+        began = time.time()
+        with runtime.autocast():
+            loss = F.cross_entropy(model(xb).float(), yb)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if start is not None and began >= start and time.time() <= stop:
+            images += batch_size
+    torch.set_num_threads(found)
+    return images
+
+
+def _waves(jobs: int, workers: Workers) -> list[list[tuple[list[int], str, int]]]:
+    """The jobs' order of play: waves of (job numbers, device, threads) shares, one share per worker process."""
+    count = min(len(workers.devices), jobs)
+    on_cpu = workers.devices[0] == "cpu"
+    if not on_cpu or jobs % count == 0:  # even shares; or GPUs, where a model cannot use two
+        threads = workers.cores // count if on_cpu else workers.threads
+        return [[(list(range(w, jobs, count)), workers.devices[w], threads) for w in range(count)]]
+    # On the CPU, by cores: the whole waves first, each worker with its share of the cores; then the last few models
+    # at once, with all the cores between them, so that no core waits while the last model trains on one.
+    whole = jobs - jobs % count
+    return [[(list(range(w, whole, count)), "cpu", workers.threads) for w in range(count)],
+            [([k], "cpu", workers.cores // (jobs - whole)) for k in range(whole, jobs)]]
+
+
+class _Relay:
+    """A worker's stdout, line by line onto a queue that the notebook's process prints from, as the lines come."""
+
+    def __init__(self, queue):
+        """queue: a multiprocessing manager's queue, shared with the notebook's process."""
+        self.queue, self.pending = queue, ""
+
+    def write(self, text: str) -> int:
+        """Send each finished line."""
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            self.queue.put(line)
+        return len(text)
+
+    def flush(self) -> None:
+        """Lines are sent as they end."""
+
+
+def _each(function: Callable, jobs: Sequence | dict, numbers: list[int], runtime: Runtime,
+          kwargs: dict) -> list[tuple[int, object]]:
+    """(number, function(jobs[number], ...)) for each number in turn; a failure in one line naming the job."""
+    results = []
+    for position, number in enumerate(numbers):
+        try:
+            results.append((number, function(jobs[number], runtime=runtime, models_after=len(numbers) - position - 1,
+                                             **kwargs)))
+        except Exception as error:
+            where = getattr(jobs[number], "name", jobs[number])
+            raise RuntimeError(f"{where} failed on {runtime.device}: {type(error).__name__}: {error}") from None
+    return results
+
+
+def _run_share(function: Callable, jobs: list, numbers: list[int], device: str, threads: int, runtime: Runtime,
+               queue, kwargs: dict) -> list[tuple[int, object]]:
+    """In a worker: its jobs in turn, on its device with its threads, its printed lines sent to the queue."""
+    if threading.current_thread() is threading.main_thread():  # a loky process; Dask runs tasks in a thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the notebook's to handle: it stops every worker
+    torch.set_num_threads(threads)
+    runtime = dataclasses.replace(runtime, device=torch.device(device))
+    with contextlib.redirect_stdout(_Relay(queue)) if queue is not None else contextlib.nullcontext():
+        return _each(function, dict(zip(numbers, jobs)), numbers, runtime, kwargs)
+
+
+def _run_here(function: Callable, jobs: Sequence, numbers: list[int], device: str, threads: int, runtime: Runtime,
+              kwargs: dict) -> list[tuple[int, object]]:
+    """These jobs in turn, in this process, with `threads` threads for the while."""
+    found = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _each(function, jobs, numbers, dataclasses.replace(runtime, device=torch.device(device)), kwargs)
+    finally:
+        torch.set_num_threads(found)
+
+
+@contextlib.contextmanager
+def _printing_relay(local: bool) -> Iterator[object]:
+    """A queue that workers on this machine write their lines to, and a thread here that prints them; else None."""
+    if not local:  # a cluster's workers cannot reach this machine's queue: their lines go to their own logs
+        yield None
+        return
+    from joblib.externals.loky.backend.context import get_context
+    # loky's way of starting a process, as for its workers: a fresh one (no fork of a process that may hold CUDA),
+    # which unlike multiprocessing's "spawn" does not run the caller's script again
+    with get_context("loky").Manager() as manager:
+        queue = manager.Queue()
+
+        def printing() -> None:
+            for line in iter(queue.get, None):
+                print(line, flush=True)
+
+        printer = threading.Thread(target=printing, daemon=True)
+        printer.start()
+        try:
+            yield queue
+        finally:
+            queue.put(None)
+            printer.join(timeout=10)
+
+
+def run_on_workers(function: Callable, jobs: Sequence, workers: Workers, runtime: Runtime, **kwargs) -> list:
+    """Section 9: [function(job, runtime=, models_after=, **kwargs) for job in jobs], every worker at once (joblib)."""
+    if len(workers.devices) == 1:  # in this process, one after another: the sequential path
+        return [function(job, runtime=runtime, models_after=len(jobs) - k - 1, **kwargs) for k, job in enumerate(jobs)]
+    waves = _waves(len(jobs), workers)
+    from joblib import Parallel, delayed
+    from joblib.parallel import get_active_backend
+
+    backend = type(get_active_backend()[0]).__name__
+    results: list = [None] * len(jobs)
+    finished = False
+    try:
+        with _printing_relay(backend in ("LokyBackend", "MultiprocessingBackend")) as queue:
+            for wave in waves:
+                if len(wave) == 1:  # the last model alone: here, with all the cores (joblib runs one job here too)
+                    shares = [_run_here(function, jobs, *wave[0], runtime, kwargs)]
+                else:
+                    shares = Parallel(n_jobs=len(wave), return_as="generator_unordered")(
+                        delayed(_run_share)(function, [jobs[k] for k in numbers], numbers, device, threads, runtime,
+                                            queue, kwargs) for numbers, device, threads in wave)
+                for share in shares:
+                    for number, result in share:
+                        results[number] = result
+        finished = True
+    except KeyboardInterrupt:
+        print("interrupted: every worker stopped; each model's checkpoint keeps its last finished epoch, and "
+              "RESUME=True carries on from them.", flush=True)
+        raise
+    finally:
+        if backend == "LokyBackend":  # no worker outlives the call: none trains on after an error, none holds memory
+            from joblib.externals.loky import get_reusable_executor
+            get_reusable_executor().shutdown(wait=True, kill_workers=not finished)
+    return results
+
+
+# === Plumbing: progress, checkpoints (sections 6 and 9); what the notebook shows, not what it teaches ===
+
+# --- Progress and timing (sections 6 and 9) --------------------------------------------------
+
+def _progress(iterable: Iterable | None = None, desc: str = "", enabled: bool | str = True, **kwargs) -> tqdm:
+    """A tqdm progress bar (a widget in Jupyter, text in a terminal); enabled=False or "lines" shows nothing."""
+    return tqdm(iterable, desc=desc, disable=not enabled or enabled == "lines", dynamic_ncols=True, **kwargs)
+
+
+class Tally:
+    """Sections 6 and 9: a loop's summed loss and right answers, kept on the device, so the GPU never waits for them."""
+
+    def __init__(self, device: torch.device | str):
+        """Start at zero, on device."""
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.seen = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, yb: torch.Tensor) -> None:
+        """Count one batch: its mean loss (a 0-d tensor), its logits (B, 10) against its labels (B,)."""
+        self.loss += loss.detach() * len(yb)
+        self.correct += (logits.argmax(dim=1) == yb).sum()
+        self.seen += len(yb)
+
+    def averages(self) -> tuple[float, float]:
+        """The mean loss and the accuracy so far (the one wait for the device); NaN before any batch."""
+        seen = self.seen or float("nan")
+        return self.loss.item() / seen, self.correct.item() / seen
+
+
+class EpochProgress:
+    """Sections 6 and 9: epochs first..last, each timed and shown: a bar (mode True), a line ("lines") or nothing."""
+
+    def __init__(self, first: int, last: int, desc: str = "training", mode: bool | str = True, epochs_after: int = 0,
+                 leave: bool = True):
+        """Epochs first..last (first > 1 when resuming), shown as `desc`; mode is the notebook's PROGRESS; epochs_after:
+        the epochs of the models still to come after this one, for the time left."""
+        if not (isinstance(mode, bool) or mode == "lines"):  # not 1 or 0: papermill keeps types, so say True
+            raise ValueError(f"PROGRESS must be True, False or 'lines', got {mode!r}.")
+        self.last, self.desc, self.mode, self.epochs_after = last, desc, mode, epochs_after
+        self.bar = _progress(range(first, last + 1), desc, mode, initial=first - 1, total=last, leave=leave)
+        self.seconds: list[float] = []
+        self.epoch, self.started = first, time.perf_counter()
+
+    def __iter__(self) -> Iterator[int]:
+        """Yield the epoch numbers first..last, starting each one's clock."""
+        for epoch in self.bar:
+            self.epoch, self.started = epoch, time.perf_counter()
+            yield epoch
+
+    def report(self, **figures: float) -> dict:
+        """The finished epoch's row ({"epoch", **figures, "seconds"}), shown; time left: mean epoch x epochs to come."""
+        row = {"epoch": self.epoch, **figures, "seconds": time.perf_counter() - self.started}
+        self.seconds.append(row["seconds"])
+        if self.mode is True:
+            self.bar.set_postfix({key: f"{row[key]:.4f}" for key in ("train_loss", "valid_acc") if key in row})
+        elif self.mode == "lines":
+            left = (self.last - self.epoch + self.epochs_after) * float(np.mean(self.seconds))
+            valid = f", valid acc {100 * row['valid_acc']:.2f}%" if "valid_acc" in row else ""
+            print(f"{self.desc}, epoch {self.epoch:>{len(str(self.last))}}/{self.last}: train loss "
+                  f"{row['train_loss']:.4f}{valid}, {row['seconds']:.1f} s, {tqdm.format_interval(left)} left",
+                  flush=True)
+        return row
+
+
+# --- Checkpoints and resume (sections 6 and 9) -----------------------------------------------
+
+Generators = torch.Generator | Sequence[torch.Generator] | None  # a run's own generators: shuffling, augmentation
+
+
+def _as_list(generators: Generators) -> list[torch.Generator]:
+    """One generator, several, or None, as a list."""
+    return [] if generators is None else [generators] if isinstance(generators, torch.Generator) else list(generators)
+
+
+def _rng_states(generators: Generators, device: torch.device | None = None) -> dict:
+    """Every random state a resumed run needs, as tensors and plain values (loadable with weights_only=True)."""
+    version, mt_state, gauss = random.getstate()
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(mt_state), gauss],
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+            "torch": torch.get_rng_state(),  # dropout masks on the CPU
+            # dropout masks on the GPU: only the one this run trains on, so that a worker's checkpoint holds its own
+            "cuda": [torch.cuda.get_rng_state(device)] if device is not None and device.type == "cuda" else [],
+            "generators": [generator.get_state() for generator in _as_list(generators)]}  # shuffling, augmentation
+
+
+def _restore_rng_states(states: dict, generators: Generators, device: torch.device | None = None) -> None:
+    """Put back the random states saved by _rng_states; a GPU's onto this run's GPU, whichever GPU saved it."""
+    version, mt_state, gauss = states["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"][0], device)
+    for generator, state in zip(_as_list(generators), states["generators"]):
+        generator.set_state(state)
+
+
+@contextlib.contextmanager
+def _ctrl_c_after_the_block() -> Iterator[None]:
+    """Hold back Ctrl-C (a kernel interrupt) until the block is done, then let it act (only the main thread can)."""
+    previous = signal.getsignal(signal.SIGINT)
+    # Ignored (a run started by `nohup ... &`): nothing to hold back. None: a handler set outside Python, which
+    # signal.signal could not put back. Either way the disposition found is left exactly as it is.
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+        yield
+        return
+    held: list = []
+    signal.signal(signal.SIGINT, lambda *received: held.append(received))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):  # the interrupt that came during the block, now
+            previous(*held[0])
+        elif held:
+            signal.raise_signal(signal.SIGINT)  # to the default disposition put back: it ends as Ctrl-C ends it
+
+
+class TrainingCheckpoint:
+    """Sections 6 and 9: a run's weights, optimizer, history and random states: save() each epoch, load() to resume."""
+
+    def __init__(self, path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler=None, scheduler=None, generators: Generators = None, config: dict | None = None,
+                 runtime: Runtime | None = None, rows: Sequence[np.ndarray] = ()):
+        """config, a runtime's precision and the training rows' CRC must match to resume; the device is recorded."""
+        self.path, self.model, self.optimizer = Path(path), model, optimizer
+        self.scaler, self.scheduler, self.generators = scaler, scheduler, generators
+        self.config = {**(config or {}), **({"FAST": runtime.fast, "PRECISION": runtime.precision} if runtime else {})}
+        if len(rows):  # another split, seed or TRAIN_ROWS gives other rows: "33600 rows, crc32 123456789"
+            crc = 0
+            for array in rows:
+                crc = zlib.crc32(np.ascontiguousarray(array), crc)
+            self.config["ROWS"] = f"{len(rows[0])} rows, crc32 {crc}"
+        self.facts = device_facts(runtime.device) if runtime else {}
+        self.device = runtime.device if runtime else None  # whose GPU random state to save and restore
+        self.history: list[dict] = []  # the epochs done, one dict each: load() fills it when resuming
+
+    def save(self, epoch: int, history: Sequence[dict]) -> Path:
+        """Write the state after `epoch` atomically, and whole even if Ctrl-C comes meanwhile (it counts after)."""
+        with _ctrl_c_after_the_block():
+            return self._write(epoch, history)
+
+    def _write(self, epoch: int, history: Sequence[dict]) -> Path:
+        """The atomic write itself: the previous file survives a failed one."""
+        state = {"epoch": epoch, "history": [dict(row) for row in history], "config": {**self.config, **self.facts},
+                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                 "rng": _rng_states(self.generators, self.device)}
+        return atomic_write(self.path, lambda file: torch.save(state, file), binary=True)
+
+    def load(self) -> list[dict]:
+        """The history of the epochs already done, every state restored, and a line saying so; [] with no file yet."""
+        if not self.path.exists():
+            print(f"RESUME: no checkpoint at {self.path} yet, so training starts at epoch 1")
+            return []
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors and plain values only
+        except Exception as error:  # truncated, not a checkpoint, or holding objects weights_only refuses
+            raise ValueError(f"{self.path}: is not a readable checkpoint ({type(error).__name__}); "
+                             "delete it, or run with RESUME=False to start over.") from None
+        keys = {"epoch", "history", "config", "model", "optimizer", "scaler", "scheduler", "rng"}
+        if not isinstance(state, dict) or not keys <= set(state):  # e.g. a bare state_dict saved under this name
+            raise ValueError(f"{self.path}: is not a checkpoint of this notebook's training (it lacks "
+                             f"{sorted(keys - set(state if isinstance(state, dict) else ()))[0]!r}); delete it, or "
+                             "run with RESUME=False to start over.")
+        self._check(state)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for target, saved in ((self.scaler, state["scaler"]), (self.scheduler, state["scheduler"])):
+            if target is not None and saved is not None:
+                target.load_state_dict(saved)
+        _restore_rng_states(state["rng"], self.generators, self.device)
+        print(f"resumed from {self.path}: {state['epoch']} of {self.config.get('EPOCHS', '?')} epochs already done")
+        self.history = state["history"]
+        return self.history
+
+    def _check(self, state: dict) -> None:
+        """Refuse in one line a checkpoint made with other parameters, or with another number of generators."""
+        recorded = state["config"]
+        made_on = f" on {recorded['DEVICE_NAME']}" if recorded.get("DEVICE_NAME") else ""
+        for name, value in self.config.items():
+            if recorded.get(name) != value:
+                raise ValueError(f"{self.path}: was written with {name}={recorded.get(name)!r}{made_on} but this run "
+                                 f"has {name}={value!r}; resume with the same parameters and the same kind of "
+                                 "device, or RESUME=False to start over.")
+        saved, given = len(state["rng"]["generators"]), len(_as_list(self.generators))
+        if self.generators is not None and saved != given:  # restoring fewer or other generators would not repeat it
+            raise ValueError(f"{self.path}: holds {saved} random generator state(s) but this run restores {given}; it "
+                             "was written by another version of the training code, so run with RESUME=False to start "
+                             "over.")
 
 
 if __name__ == "__main__":  # Kaggle runs a utility script with no arguments when it saves a version: succeed

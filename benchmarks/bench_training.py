@@ -10,6 +10,8 @@ All figures come from this one run; the ratios compare measurements taken side b
 
     python benchmarks/bench_training.py --quick   # short timed rounds; ends with `speedup: X.XX`
     python benchmarks/bench_training.py --full    # also trains each pipeline for 15 epochs: accuracy, wall time
+    python benchmarks/bench_training.py --members # K-fold models at once: 1 worker x every thread against more
+                                                  # workers of fewer threads each; ends with `workers speedup: X.XX`
 
 Data: --data-dir, else $DATA_DIR, else ../shared/digit-recognizer, else the notebook's search
 path; if none holds the CSVs, generated random digits (timings only: their accuracy means nothing).
@@ -42,6 +44,7 @@ from mnist_helpers import (
     TRAIN_COLUMNS,
     Runtime,
     choose_runtime,
+    choose_workers,
     csv_path,
     data_dir_candidates,
     get_device,
@@ -81,6 +84,8 @@ def parse_args() -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="short timed rounds only, no full training (default)")
     mode.add_argument("--full", action="store_true", help="also train each pipeline for --epochs full epochs")
+    mode.add_argument("--members", action="store_true", help="only the K-fold models' training on parallel workers, "
+                      "as WORKERS='auto' measures it: StrongerCNN, batch 100, the fast path")
     parser.add_argument("--data-dir", help="folder with train.csv and test.csv (default: see the module docstring)")
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available, as in the notebook)")
     parser.add_argument("--epochs", type=int, default=15, help="epochs per pipeline with --full (default: 15)")
@@ -136,50 +141,50 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def new_model(code: dict, fast: Runtime) -> tuple[nn.Module, torch.optim.Optimizer, torch.amp.GradScaler]:
+def new_model(code: dict, runtime: Runtime) -> tuple[nn.Module, torch.optim.Optimizer, torch.amp.GradScaler]:
     """The notebook's model with the seed's initial weights, its Adam (fused where the runtime says) and scaler."""
     seed_everything(SEED)
-    model = fast.prepare_model(code["TwoConvCNN"]())
-    return model, torch.optim.Adam(model.parameters(), lr=LR, fused=fast.fused), fast.grad_scaler()
+    model = runtime.prepare_model(code["TwoConvCNN"]())
+    return model, torch.optim.Adam(model.parameters(), lr=LR, fused=runtime.fused), runtime.grad_scaler()
 
 
-def train_images_per_second(code: dict, fast: Runtime, X: np.ndarray, y: np.ndarray, images: int) -> float:
+def train_images_per_second(code: dict, runtime: Runtime, X: np.ndarray, y: np.ndarray, images: int) -> float:
     """Training throughput of one pipeline: a short warm-up epoch, then one timed epoch of `images` images."""
-    model, optimizer, scaler = new_model(code, fast)
+    model, optimizer, scaler = new_model(code, runtime)
     loss_fn = nn.CrossEntropyLoss()
-    warmup, _ = make_loaders(X[:1000], y[:1000], X[:100], y[:100], BATCH_SIZE, SEED, fast)
-    timed, _ = make_loaders(X[:images], y[:images], X[:100], y[:100], BATCH_SIZE, SEED, fast)
+    warmup, _ = make_loaders(X[:1000], y[:1000], X[:100], y[:100], BATCH_SIZE, SEED, runtime)
+    timed, _ = make_loaders(X[:images], y[:images], X[:100], y[:100], BATCH_SIZE, SEED, runtime)
     with contextlib.redirect_stdout(io.StringIO()):  # the loop's own loss lines
-        code["train_one_epoch"](model, warmup, loss_fn, optimizer, scaler, fast)
-        sync(fast.device)
+        code["train_one_epoch"](model, warmup, loss_fn, optimizer, scaler, runtime)
+        sync(runtime.device)
         start = time.perf_counter()
-        code["train_one_epoch"](model, timed, loss_fn, optimizer, scaler, fast)
-        sync(fast.device)
+        code["train_one_epoch"](model, timed, loss_fn, optimizer, scaler, runtime)
+        sync(runtime.device)
     return images / (time.perf_counter() - start)
 
 
-def predict_seconds(model: nn.Module, X_test: np.ndarray, fast: Runtime) -> float:
-    """Seconds to predict every test image with the fast path's batch size (after a one-batch warm-up)."""
-    predict(model, X_test[:fast.predict_batch_size], fast)
-    sync(fast.device)
+def predict_seconds(model: nn.Module, X_test: np.ndarray, runtime: Runtime) -> float:
+    """Seconds to predict every test image with the runtime's batch size (after a one-batch warm-up)."""
+    predict(model, X_test[:runtime.predict_batch_size], runtime)
+    sync(runtime.device)
     start = time.perf_counter()
-    predict(model, X_test, fast)
-    sync(fast.device)
+    predict(model, X_test, runtime)
+    sync(runtime.device)
     return time.perf_counter() - start
 
 
-def train_full(code: dict, fast: Runtime, split: tuple, epochs: int) -> dict:
+def train_full(code: dict, runtime: Runtime, split: tuple, epochs: int) -> dict:
     """Train one pipeline for `epochs` epochs as the notebook does; accuracy per epoch and wall time."""
     X_train, X_valid, y_train, y_valid = split
-    model, optimizer, scaler = new_model(code, fast)
+    model, optimizer, scaler = new_model(code, runtime)
     loss_fn = nn.CrossEntropyLoss()
-    train_loader, valid_loader = make_loaders(X_train, y_train, X_valid, y_valid, BATCH_SIZE, SEED, fast)
+    train_loader, valid_loader = make_loaders(X_train, y_train, X_valid, y_valid, BATCH_SIZE, SEED, runtime)
     accuracies, start = [], time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         for _ in range(epochs):
-            code["train_one_epoch"](model, train_loader, loss_fn, optimizer, scaler, fast)
-            accuracies.append(code["evaluate"](model, valid_loader, loss_fn, fast)[1])
-    sync(fast.device)
+            code["train_one_epoch"](model, train_loader, loss_fn, optimizer, scaler, runtime)
+            accuracies.append(code["evaluate"](model, valid_loader, loss_fn, runtime)[1])
+    sync(runtime.device)
     wall = time.perf_counter() - start
     return {"model": model, "valid_acc": accuracies, "final": accuracies[-1], "best": max(accuracies),
             "best_epoch": int(np.argmax(accuracies)) + 1, "seconds": wall, "images_per_s": epochs * len(X_train) / wall}
@@ -199,11 +204,38 @@ def describe(device: torch.device, fast: Runtime) -> str:
             f"data on device {fast.data_on_device}, predict batch {fast.predict_batch_size}")
 
 
+def bench_members(runtime: Runtime, rounds: int) -> float:
+    """Images/s in total of the K-fold model for each count of workers, in rounds; the best count's rate over one
+    worker's, as measured in the same round (the notebook's WORKERS="auto" takes the best count)."""
+    if runtime.device.type != "cpu":
+        raise SystemExit(f"bench_training.py --members: measures CPU workers; on {runtime.device.type}, WORKERS='auto' "
+                         "is one worker per GPU")
+    code = run_notebook_cells(NOTEBOOK, "imports", "model-best")
+    cores = torch.get_num_threads()
+    print(f"K-fold models at once: StrongerCNN, batch {BATCH_SIZE}, {runtime.precision}, {cores} cores; each count of "
+          "workers trains for the same 3 s, its cores shared out between them (images/s in total)")
+    ratios = []
+    for r in range(rounds):
+        measured = dict(choose_workers("auto", runtime, models=cores, make_model=code["StrongerCNN"],
+                                       batch_size=BATCH_SIZE).measured)
+        if not measured:
+            raise SystemExit("bench_training.py --members: one core, so one worker: nothing to compare")
+        best = max(measured, key=measured.get)
+        ratios.append(measured[best] / measured[1])
+        print(f"  round {r + 1}: " + ", ".join(f"{n} x {cores // n} thread(s) {rate:,.0f}" for n, rate in
+                                               measured.items()) + f"; {best} workers / 1: {ratios[-1]:.2f}x")
+    return float(np.mean(ratios))
+
+
 def main() -> None:
     """Run the benchmark and print a report whose last line is `speedup: X.XX`."""
     args = parse_args()
     device = torch.device(args.device) if args.device else get_device()
     plain, fast = choose_runtime(device, fast=False), choose_runtime(device)
+    if args.members:
+        print(f"bench_training.py --members, {time.strftime('%Y-%m-%d %H:%M %Z')}\n{describe(device, fast)}")
+        print(f"\nworkers speedup: {bench_members(fast, args.rounds):.2f}")
+        return
     train, test, source = find_csvs(args.data_dir)
     print(f"bench_training.py {'--full' if args.full else '--quick'}, {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(describe(device, fast))
@@ -236,8 +268,8 @@ def main() -> None:
     models = {}
     if args.full:
         print(f"Full runs: {args.epochs} epochs each, as the notebook trains (validation every epoch)")
-        for name, path in (("a", plain), ("b", fast)):
-            run = train_full(code, path, split, args.epochs)
+        for name, runtime in (("a", plain), ("b", fast)):
+            run = train_full(code, runtime, split, args.epochs)
             models[name] = run.pop("model")
             report[f"full_{name}"] = run
             print(f"  ({name}) final {100 * run['final']:.2f}%, best {100 * run['best']:.2f}% "
@@ -251,13 +283,13 @@ def main() -> None:
               f"{report['full_a']['seconds'] / report['full_b']['seconds']:.2f}x\n")
 
     predict_s = {}
-    for name, path in (("a", plain), ("b", fast)):
-        model = models.get(name) or new_model(code, path)[0]
-        predict_s[name] = predict_seconds(model, X_test, path)
+    for name, runtime in (("a", plain), ("b", fast)):
+        model = models.get(name) or new_model(code, runtime)[0]
+        predict_s[name] = predict_seconds(model, X_test, runtime)
     report["predict_seconds"] = predict_s
     print(f"Prediction of {len(X_test)} test images")
-    for name, path in (("a", plain), ("b", fast)):
-        print(f"  ({name}) batch {path.predict_batch_size:>5}: {predict_s[name]:6.2f} s, "
+    for name, runtime in (("a", plain), ("b", fast)):
+        print(f"  ({name}) batch {runtime.predict_batch_size:>5}: {predict_s[name]:6.2f} s, "
               f"{len(X_test) / predict_s[name]:8.0f} images/s")
 
     speedup = rates["b"] / rates["a"]

@@ -45,10 +45,12 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_DIR), str(REPO_DIR / "tools")]
 
 from mnist_helpers import (
+    Workers,
     accuracy_with_error,
     choose_runtime,
     find_data_dir,
     get_device,
+    kfold_plan,
     load_train_csv,
     predict_proba,
     random_affine,
@@ -297,15 +299,20 @@ def train_and_score(code: dict, recipe, averager: WeightAverager, args: argparse
                     ) -> tuple[list[dict], dict[str, np.ndarray], np.ndarray]:
     """K-fold as the notebook trains it; each version scored on every model's own fold, then out of fold."""
     averager.new_model()
-    models, histories, fold_of, _ = code["train_kfold"](recipe, X, y, args.folds, args.rounds, args.seed, runtime,
-                                                        output_dir, progress="lines")
-    minutes = [history["seconds"].sum() / 60 for history in histories.values()]
+    plan = kfold_plan(y, args.folds, args.rounds, args.seed)
+    # In this process, one model after another: the averager keeps each model's averaged weights here.
+    kfold = code["train_kfold"](recipe, X, y, plan, runtime, output_dir, Workers((str(runtime.device),),
+                                                                                  torch.get_num_threads()),
+                                progress="lines")
+    models = list(kfold["model"])
+    minutes = list(kfold["seconds"] / 60)
+    fold_of = np.stack([sum((m.fold - 1) * m.held_out for m in plan if m.round == r + 1) for r in range(args.rounds)])
     passes = [("none", lambda m, X_: predict_proba(m, X_, runtime))]
     if args.shift_tta:
         passes.append(("shifts", lambda m, X_: shift_tta_proba(m, X_, runtime)))
     rows, right = [], {}  # right[(weights, tta)]: (R, N) bool, each row by the round's model that never saw it
-    for k, (model, name) in enumerate(zip(models, histories)):
-        r, held_out = k // args.folds, fold_of[k // args.folds] == k % args.folds
+    for k, (model, member) in enumerate(zip(models, plan)):
+        r, held_out, name = member.round - 1, member.held_out, member.name
         for weights, versions in averager.weights(model).items():
             for tta, predict in passes:
                 proba = np.mean([predict(version, X[held_out]) for version in versions], axis=0)  # (n, 10)
@@ -356,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     data_dir = find_data_dir(args.data_dir)
     X, y = load_train_csv(data_dir / "train.csv", max_rows=args.train_rows)
 
-    code = run_notebook_cells(NOTEBOOK, "imports", "model", "train-loop", "model-best", "best-recipe")
+    code = run_notebook_cells(NOTEBOOK, "imports", "model", "train-loop", "model-best", "best-recipe", "best-kfold")
     scratch = tempfile.TemporaryDirectory(prefix="experiments-")  # train_member's checkpoints
     averager = WeightAverager(code["train_one_epoch"], args.swa_from, args.ema, args.snapshots)
     augment = random_affine

@@ -44,6 +44,25 @@ def test_benchmark_refuses_a_folder_without_the_csvs(tmp_path, capsys):
                                                             f"{tmp_path}; pass the folder that holds them."]
 
 
+def test_members_benchmark_measures_one_worker_against_two_and_ends_with_their_ratio(capsys):
+    found = torch.get_num_threads()
+    torch.set_num_threads(2)  # two cores, as here: 1 worker of 2 threads against 2 of 1
+    try:
+        assert run_as_a_script(REPO_DIR / "benchmarks" / "bench_training.py", "--members", "--rounds", "1",
+                               "--device", "cpu") == 0
+    finally:
+        torch.set_num_threads(found)
+    out = capsys.readouterr().out.strip().splitlines()
+    measured = re.fullmatch(r"  round 1: 1 x 2 thread\(s\) ([\d,]+), 2 x 1 thread\(s\) ([\d,]+); (\d) workers / 1: "
+                            r"(\d+\.\d\d)x", out[-3])
+    assert measured, out
+    one, two, best, ratio = measured.groups()
+    rates = {1: float(one.replace(",", "")), 2: float(two.replace(",", ""))}
+    assert int(best) == max(rates, key=rates.get) and all(rate > 0 for rate in rates.values())
+    assert abs(float(ratio) - rates[int(best)] / rates[1]) < 0.01
+    assert out[-1] == f"workers speedup: {ratio}"
+
+
 @pytest.mark.whole_pipeline
 def test_gpu_check_runs_every_stage_on_gzipped_data_and_writes_its_report(tmp_path):
     # --smoke: the same five stages with 1 epoch and small models, on whatever device there is, so that the script a

@@ -335,7 +335,7 @@ def whole_best_run(tmp_path_factory) -> tuple[dict, dict]:
     write_train_csv(folder / "train.csv", X, y)
     write_test_csv(folder / "test.csv", learnable_digits(40, seed=1)[0])
     common = {"DATA_DIR": str(folder), "EPOCHS": 1, "BATCH_SIZE": 25, "PROGRESS": False, "LOSS_LINES": False,
-              "RECIPE": "best", "BEST_EPOCHS": 3, "FOLDS": 2, "ROUNDS": 2}
+              "RECIPE": "best", "BEST_EPOCHS": 3, "FOLDS": 2, "ROUNDS": 2, "WORKERS": 1}
     return common, run_notebook_in_process({**common, "OUTPUT_DIR": str(folder / "whole")}, until_tag="best-train")
 
 
@@ -370,15 +370,15 @@ def test_an_interrupted_best_recipe_resumes_fold_by_fold_to_the_weights_of_an_un
         assert line in printed.splitlines(), (line, printed)
     assert len(calls) == sum((1 if name == "checkpoint.pt" else 3) - done.get(name, 0) for name in names)
     assert resumed["recipe"].train_epoch is resumed["train_one_epoch"]  # the counted function, from Recipe's default
-    for mine, expected in zip(resumed["members"], whole["members"], strict=True):  # every fold's model
+    for mine, expected in zip(resumed["kfold"]["model"], whole["kfold"]["model"], strict=True):  # every fold's model
         for name, weight in expected.state_dict().items():
             assert torch.equal(mine.state_dict()[name], weight), name
-    for name, history in whole["histories"].items():  # each model's curve on its own fold, epoch by epoch
-        pd.testing.assert_frame_equal(resumed["histories"][name].drop(columns="seconds"),
-                                      history.drop(columns="seconds"))
+    for mine, expected in zip(resumed["kfold"]["history"], whole["kfold"]["history"]):  # each model's curve, epoch
+        pd.testing.assert_frame_equal(mine.drop(columns="seconds"), expected.drop(columns="seconds"))  # by epoch
     submitted = (tmp_path / "cut" / "submission.csv").read_bytes()
     assert submitted == (whole["output_dir"] / "submission.csv").read_bytes()
-    np.testing.assert_array_equal(resumed["fold_of"], whole["fold_of"])
+    for mine, expected in zip(resumed["plan"], whole["plan"], strict=True):  # the same folds
+        np.testing.assert_array_equal(mine.held_out, expected.held_out)
     np.testing.assert_array_equal(resumed["oof_proba"], whole["oof_proba"])  # every row's out-of-fold prediction
 
 

@@ -14,6 +14,7 @@ from torch import nn
 import mnist_helpers
 from conftest import centre_of_mass, make_digits, notebook_namespace
 from mnist_helpers import (
+    KFoldModel,
     choose_runtime,
     ensemble_proba,
     make_loaders,
@@ -98,11 +99,16 @@ def test_augmentation_sends_its_draws_to_a_gpu_from_page_locked_memory_without_w
     assert sent == [torch.device("cpu")]  # random_affine's draws go through it, to the images' device
 
 
+def fold_of_the_last(rows: int, held_out: int, seed: int) -> KFoldModel:
+    """A K-fold model whose fold is the last `held_out` of `rows` rows, checkpointed to m.pt."""
+    return KFoldModel(1, 1, seed, "fold 1", "m.pt", np.arange(rows) >= rows - held_out)
+
+
 def test_the_schedule_plotted_is_the_one_a_k_fold_model_trains_with(tmp_path, monkeypatch):
     # OneCycleLR's own shape (30% warm-up, /25 start) is torch's; what the project must get right is the arguments:
     # train_member's max_lr, epochs and steps per epoch (its loader's batches), stepped every batch, and
     # one_cycle_lrs (the schedule cell's plot) built from the same ones.
-    code = notebook_namespace("imports", "model", "train-loop", "model-best", "best-recipe")
+    code = notebook_namespace("imports", "model", "train-loop", "model-best", "best-recipe", "best-kfold")
     expected = one_cycle_lrs(3e-3, epochs=3, steps_per_epoch=3)  # 50 rows in batches of 20: 3 a epoch
     stepped, step = [], torch.optim.Adam.step
 
@@ -113,8 +119,8 @@ def test_the_schedule_plotted_is_the_one_a_k_fold_model_trains_with(tmp_path, mo
     monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
     X, y = make_digits(70)
     recipe = code["Recipe"](epochs=3, lr=3e-3, batch_size=20, make_model=lambda: code["StrongerCNN"](width=4))
-    code["train_member"](0, recipe, X[:50], y[:50], X[50:], y[50:], choose_runtime("cpu", fast=False),
-                         tmp_path / "m.pt", progress=False)
+    code["train_member"](fold_of_the_last(70, 20, seed=0), recipe, X, y, choose_runtime("cpu", fast=False), tmp_path,
+                         progress=False)
     np.testing.assert_allclose(stepped, expected, rtol=1e-12)  # every step's rate, the recipe's peak among them
 
 
@@ -209,7 +215,7 @@ def test_training_loop_applies_augmentation_and_steps_the_schedule_every_batch(n
 
 def test_train_member_takes_every_part_of_its_recipe_as_given(tmp_path):
     """Only the cells that define them: train_member runs on its arguments, and uses each field of the Recipe."""
-    code = notebook_namespace("imports", "model", "train-loop", "model-best", "best-recipe")
+    code = notebook_namespace("imports", "model", "train-loop", "model-best", "best-recipe", "best-kfold")
     X, y = make_digits(60)
     calls, augmented = [], []
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
@@ -232,8 +238,8 @@ def test_train_member_takes_every_part_of_its_recipe_as_given(tmp_path):
     recipe = code["Recipe"](epochs=2, lr=1e-3, batch_size=18, make_model=lambda: code["StrongerCNN"](width=4),
                             augment=augment, loss_fn=loss_fn, train_epoch=train_epoch, schedule=schedule)
     runtime = dataclasses.replace(choose_runtime("cpu", fast=False), fused=True)  # as a CUDA runtime asks
-    model, history = code["train_member"](7, recipe, X[:50], y[:50], X[50:], y[50:], runtime, tmp_path / "m.pt",
-                                          progress=False)
+    row = code["train_member"](fold_of_the_last(60, 10, seed=7), recipe, X, y, runtime, tmp_path, progress=False)
+    model, history = row["model"], row["history"]
     assert model.head.in_features == 16  # width 4: 4, 8, 16 channels
     assert calls == [("StrongerCNN", [18, 18, 14], True, 0)] * 2  # every one of the 50 rows it was given
     assert augmented == [(18, True), (18, True), (14, True)] * 2  # every batch, with the member's own generator

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from test_where_it_runs import fake_kaggle_tree, run_on_fake_kaggle
 
 import make_kaggle
@@ -59,6 +60,30 @@ def test_the_kaggle_notebook_runs_in_a_fake_kaggle_tree_with_no_helper_attached(
     assert submission["Label"].between(0, 9).all()
     written = root / "working" / "mnist_helpers.py"  # by the first cell: the only copy there is to import
     assert written.read_bytes() == (REPO_DIR / "mnist_helpers.py").read_bytes()
+
+
+@pytest.mark.parametrize("helper", ["utility script", "written by the one-file notebook"])
+def test_on_kaggle_the_workers_import_the_helper_from_where_the_notebook_found_it(tmp_path, monkeypatch, helper):
+    # RECIPE="best" with two workers: fresh processes, which must find mnist_helpers.py where the notebook did.
+    root = tmp_path / "kaggle"
+    fake_kaggle_tree(root)
+    (root / "src").mkdir()
+    if helper == "utility script":
+        (root / "usr" / "lib" / "mnist_helpers").mkdir(parents=True)
+        shutil.copy(REPO_DIR / "mnist_helpers.py", root / "usr" / "lib" / "mnist_helpers")
+        notebook = Path(shutil.copy(NOTEBOOK, root / "src"))
+    else:
+        notebook = Path(shutil.copy(KAGGLE_DIR / "digit_recognizer.ipynb", root / "src"))
+
+    executed = run_on_fake_kaggle(notebook, root, tmp_path / "executed.ipynb", monkeypatch,
+                                  {"EPOCHS": 1, "RECIPE": "best", "BEST_EPOCHS": 1, "FOLDS": 2, "WORKERS": 2})
+
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "2 workers at once (cpu, cpu)" in text
+    for fold in (1, 2):  # printed by the workers, each of which imported the helper
+        assert re.search(rf"^fold {fold} \(seed {42 + fold}\): \d+\.\d\d% of its \d+ held-out", text, re.MULTILINE)
+    assert "the average of all 2 models" in text
+    assert pd.read_csv(root / "working" / "submission.csv")["ImageId"].tolist() == list(range(1, 31))
 
 
 def test_kernel_metadata_sets_every_field_for_a_push_to_a_t4_without_internet():

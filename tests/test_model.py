@@ -244,7 +244,7 @@ def test_the_notebooks_functions_and_classes_read_no_notebook_globals():
     """train_member and the rest take what they use as arguments, so experiments.py can call them as they are."""
     tops = [symtable.symtable(source, f"[{tags}]", "exec") for tags, source in notebook_code_cells(NOTEBOOK)]
     defined = {symbol.get_name() for top in tops for symbol in top.get_symbols() if symbol.is_namespace()}
-    assert {"TwoConvCNN", "train_one_epoch", "evaluate", "StrongerCNN", "Recipe", "train_member",
+    assert {"TwoConvCNN", "train_one_epoch", "evaluate", "fit", "StrongerCNN", "Recipe", "train_member",
             "train_kfold"} <= defined
     assert hidden_globals(NOTEBOOK) == []
 
@@ -256,9 +256,9 @@ def test_a_function_that_reads_a_notebook_global_is_named_with_the_global(tmp_pa
         "train-loop": [("verbose=True):", "verbose=LOSS_LINES):"),                       # evaluate's default
                        ("for xb, yb in loader:", "for xb, yb in [batch for batch in valid_loader]:")],  # in a listcomp
         "model-best": [("bias=False)", "bias=not runtime.fast)")],                      # StrongerCNN.__init__.conv
-        "best-recipe": [("    batch_size: int\n", "    batch_size: int = BATCH_SIZE\n"),  # Recipe's class body
-                        ("recipe.batch_size, seed, runtime)", "BATCH_SIZE, seed, runtime)"),  # train_member
-                        ("(y, folds, seed + r)", "(y, FOLDS, seed + r)")],                # train_kfold
+        "best-recipe": [("    batch_size: int\n", "    batch_size: int = BATCH_SIZE\n")],  # Recipe's class body
+        "best-kfold": [("recipe.batch_size, member.seed,", "BATCH_SIZE, member.seed,"),       # train_member
+                       ("resume=resume, progress=progress)", "resume=RESUME, progress=progress)")],  # train_kfold
     }
     notebook = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
     for cell in notebook["cells"]:
@@ -277,6 +277,6 @@ def test_a_function_that_reads_a_notebook_global_is_named_with_the_global(tmp_pa
         "function evaluate (cell [train-loop]) reads the notebook global valid_loader",
         "function StrongerCNN.__init__.conv (cell [model-best]) reads the notebook global runtime",
         "class Recipe (cell [best-recipe]) reads the notebook global BATCH_SIZE",
-        "function train_member (cell [best-recipe]) reads the notebook global BATCH_SIZE",
-        "function train_kfold (cell [best-recipe]) reads the notebook global FOLDS",
+        "function train_member (cell [best-kfold]) reads the notebook global BATCH_SIZE",
+        "function train_kfold (cell [best-kfold]) reads the notebook global RESUME",
     ]

@@ -35,7 +35,7 @@ from notebook_cells import notebook_code_cells
 PARAMETERS = {"DATA_DIR": None, "EPOCHS": 15, "BATCH_SIZE": 100, "LR": 1e-3, "VALID_SIZE": 0.2, "SEED": 42,
               "TRAIN_ROWS": None, "TEST_ROWS": None, "OUTPUT_DIR": None, "FAST": True,
               "PROGRESS": True, "LOSS_LINES": True, "RESUME": False, "DETERMINISTIC": False, "RECIPE": "reference",
-              "BEST_EPOCHS": 25, "BEST_LR": 3e-3, "FOLDS": 5, "ROUNDS": 1, "TTA": 0}
+              "BEST_EPOCHS": 25, "BEST_LR": 3e-3, "FOLDS": 5, "ROUNDS": 1, "WORKERS": "auto", "TTA": 0}
 
 
 def run_notebook(tmp_path, **parameters):
@@ -199,7 +199,7 @@ def test_smoke_run_of_the_best_recipe_writes_its_submission_and_shows_the_analys
     write_train_csv(tmp_path / "train.csv", X, y)
     write_test_csv(tmp_path / "test.csv", make_digits(100, seed=1)[0])
     output_dir, executed = run_notebook(tmp_path, DATA_DIR=str(tmp_path), EPOCHS=1, RECIPE="best", BEST_EPOCHS=2,
-                                        FOLDS=2, ROUNDS=2, TTA=1, PROGRESS="lines")
+                                        FOLDS=2, ROUNDS=2, TTA=1, PROGRESS="lines", WORKERS=2)
     check_submission_file(output_dir / "submission.csv", rows=100)
     check_submission_file(output_dir / "submission_reference.csv", rows=100)
     experiments = pd.read_csv(output_dir / "experiments.csv")
@@ -217,26 +217,28 @@ def test_smoke_run_of_the_best_recipe_writes_its_submission_and_shows_the_analys
     assert np.isclose(experiments["train_seconds"].iloc[5], experiments["train_seconds"].iloc[1:3].sum())
     assert np.isclose(experiments["train_seconds"].iloc[7], experiments["train_seconds"].iloc[1:5].sum())
     oof = pd.read_csv(output_dir / "oof.csv")
-    assert list(oof.columns) == ["row", "label", "oof_pred", "fold_round1", "fold_round2"] and len(oof) == 400
-    assert (oof["label"] == y).all() and set(oof["fold_round1"]) == {0, 1}
+    assert list(oof.columns) == ["row", "label", "oof_pred"] and len(oof) == 400 and (oof["label"] == y).all()
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert re.search(r"^round 1, fold 1 \(seed 43\): \d+\.\d\d% of its 200 held-out images, trained on 200 "
                      r"for 2 epochs", text, re.MULTILINE)
     for line in ("out-of-fold, round 1: ", "out-of-fold, round 2: ", "out-of-fold, 2 models a row: "):
         assert re.search(re.escape(line) + r"\d+\.\d\d% ± \d+\.\d\d \(\d+ mistakes", text), line
     assert "the average of all 4 models" in text
-    # PROGRESS="lines": a line per epoch of every model, each with the time left of the whole recipe (here 0 s:
-    # these epochs are quick), and no progress widgets.
+    # PROGRESS="lines": a line per epoch of every model, each with the time left of its worker's models (here 0 s:
+    # these epochs are quick), and no progress widgets; the two workers' lines come as they happen, in the notebook.
+    assert "2 workers at once (cpu, cpu), 1 CPU thread each" in text
     epoch_lines = re.findall(r"^(reference model|round \d, fold \d), epoch (\d)/(\d): train loss "
                              r"\d\.\d{4}, valid acc \d+\.\d\d%, \d+\.\d s, \d\d:\d\d left$", text, re.MULTILINE)
-    assert [(name, epoch) for name, epoch, _ in epoch_lines] == [("reference model", "1")] + [
+    assert sorted((name, epoch) for name, epoch, _ in epoch_lines) == [("reference model", "1")] + [
         (f"round {r}, fold {f}", str(e)) for r in (1, 2) for f in (1, 2) for e in (1, 2)]
+    for r, f in ((1, 1), (2, 2)):  # each model's own epochs, in order
+        assert [e for name, e, _ in epoch_lines if name == f"round {r}, fold {f}"] == ["1", "2"]
     assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
                 if make_figures.WIDGET_VIEW in o.get("data", {})]
     tagged = {tag: c for c in executed.cells for tag in c.metadata.get("tags", [])}
     for tag in ("errors-reference", "augmentation"):
         assert any("image/png" in o.get("data", {}) for o in tagged[tag].outputs), tag
-    best_plots = [o for c in executed.cells if "plot_learning_curves({" in c.source for o in c.outputs
+    best_plots = [o for tag in ("best-errors", "best-curves") for o in tagged[tag].outputs
                   if "image/png" in o.get("data", {})]
     assert len(best_plots) == 3  # the ensemble's confusion matrix, worst errors and every learning curve
     # `make figures` cuts the figures of docs/ from such a notebook (kept beside its experiments.csv, as `make run`

@@ -60,11 +60,11 @@ def test_lines_mode_prints_one_line_per_epoch_with_loss_accuracy_seconds_and_tim
         "reference model, epoch  3/12: train loss 0.3333, valid acc 93.00%, 30.0 s, 03:00 left"]
 
 
-def test_the_time_left_counts_the_epochs_after_this_loop_and_a_final_fit_line_has_no_accuracy(clock, capsys):
-    shown = EpochProgress(2, 3, "final fit seed 43", "lines", later=6)  # resumed after epoch 1
+def test_the_time_left_counts_the_epochs_after_this_loop_and_a_line_without_validation_has_no_accuracy(clock, capsys):
+    shown = EpochProgress(2, 3, "fold 2", "lines", epochs_after=6)  # resumed after epoch 1
     assert run_epochs(shown, clock, [600.0], valid=False) == [{"epoch": 2, "train_loss": 0.5, "seconds": 600.0}]
     # 7 epochs to go: this loop's last one and the 6 after it, at 600 s each.
-    assert capsys.readouterr().out == "final fit seed 43, epoch 2/3: train loss 0.5000, 600.0 s, 1:10:00 left\n"
+    assert capsys.readouterr().out == "fold 2, epoch 2/3: train loss 0.5000, 600.0 s, 1:10:00 left\n"
 
 
 @pytest.mark.parametrize("seconds, left", [(0.0, "00:00"), (5.0, "00:05"), (59.9, "00:59"), (139.0, "02:19"),

@@ -336,30 +336,39 @@ def run_in_a_terminal(command: list[str], cwd: Path, env: dict, interrupt_after:
 
 @pytest.mark.whole_pipeline
 @pytest.mark.sigint
-def test_ctrl_c_in_a_terminal_shows_the_interrupted_line_only_and_resume_finishes_the_same_submission(tmp_path):
+@pytest.mark.parametrize("workers, interrupt_after", [(1, "fold 2, epoch 1/6"), (2, "fold 2, epoch 2/6")])
+def test_ctrl_c_in_a_terminal_shows_the_interrupted_line_only_and_resume_finishes_the_same_submission(
+        tmp_path, workers, interrupt_after):
+    # WORKERS=1: the folds one after another, interrupted in the second; WORKERS=2: both at once, interrupted in both.
     X, y = learnable_digits(300)
     write_train_csv(tmp_path / "train.csv", X, y)
     write_test_csv(tmp_path / "test.csv", learnable_digits(100, seed=1)[0])
     env = clean_environment(tmp_path)
-    recipe = [f"DATA_DIR={tmp_path}", "EPOCHS=1", "BATCH_SIZE=20", "RECIPE=best", "BEST_EPOCHS=6", "FOLDS=2"]
+    recipe = [f"DATA_DIR={tmp_path}", "EPOCHS=1", "BATCH_SIZE=20", "RECIPE=best", "BEST_EPOCHS=6", "FOLDS=2",
+              f"WORKERS={workers}"]
     straight = make(REPO_DIR, "run", *recipe, f"OUTPUT_DIR={tmp_path / 'straight'}", env=env)
     output, _ = straight.communicate(timeout=300)
     assert straight.returncode == 0, output
 
     command = ["make", "--no-print-directory", f"VENV={VENV}", "-o", f"{VENV}/.requirements-installed", "run",
                *recipe, f"OUTPUT_DIR={tmp_path / 'stopped'}"]
-    before, after, status = run_in_a_terminal(command, REPO_DIR, env, interrupt_after="fold 2, epoch 1/6")
+    before, after, status = run_in_a_terminal(command, REPO_DIR, env, interrupt_after=interrupt_after)
     lines = [line for line in after.replace("\r\n", "\n").splitlines() if line.strip()]
     assert lines[0] == (f"interrupted: {tmp_path / 'stopped'} keeps a checkpoint of every finished epoch; the same "
                         "command with RESUME=True carries on from them."), after
     assert re.fullmatch(r"make: \*\*\* \[Makefile:\d+: run\] Interrupt", lines[1]) and len(lines) == 2, after
     assert status != 0 and "Traceback" not in before + after and "ZMQError" not in before + after
     assert (tmp_path / "stopped" / "kernel.log").is_file()  # where the kernel's own messages went, if it had any
+    saved = {path: path.stat().st_mtime_ns for path in (tmp_path / "stopped").glob("best-*.pt")}
+    time.sleep(2)  # no worker trains on after the run has stopped: no checkpoint changes
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "stopped").glob("best-*.pt")} == saved
 
     resumed = make(REPO_DIR, "run", *recipe, f"OUTPUT_DIR={tmp_path / 'stopped'}", "RESUME=True", env=env)
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
-    assert "resumed from" in output and "fold 1, epoch" not in output  # fold 1's model was done: loaded, not trained
+    assert "resumed from" in output and "fold 1, epoch 1/6" not in output  # fold 1 is not trained from scratch
+    if workers == 1:
+        assert "fold 1, epoch" not in output  # fold 1's model was done: loaded, not trained
     assert "fold 2, epoch 6/6" in output  # fold 2's was not: the interrupt stopped it, and it carries on
     for name in ("submission.csv", "submission_reference.csv"):
         assert (tmp_path / "stopped" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name

@@ -136,14 +136,16 @@ def fake_kaggle_tree(root: Path, train_rows: int = 120, test_rows: int = 30) -> 
     return data
 
 
-def run_on_fake_kaggle(notebook: Path, root: Path, executed: Path, monkeypatch) -> papermill.nbformat.NotebookNode:
-    """Run a notebook as Kaggle does: from working/, KAGGLE_KERNEL_RUN_TYPE set, no parameters, no PYTHONPATH."""
+def run_on_fake_kaggle(notebook: Path, root: Path, executed: Path, monkeypatch,
+                       parameters: dict | None = None) -> papermill.nbformat.NotebookNode:
+    """Run a notebook as Kaggle does: from working/, KAGGLE_KERNEL_RUN_TYPE set, no PYTHONPATH, and no parameters
+    unless given (a user's own edit of the parameters cell)."""
     monkeypatch.setenv("KAGGLE_ROOT", str(root))
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
     for name in ("DATA_DIR", "PYTHONPATH"):
         monkeypatch.delenv(name, raising=False)
     return papermill.execute_notebook(str(notebook), str(executed), cwd=str(root / "working"), kernel_name="python3",
-                                      progress_bar=False)
+                                      progress_bar=False, parameters=parameters or {})
 
 
 def test_a_simulated_kaggle_run_with_the_utility_script_writes_the_submission_where_submit_finds_it(tmp_path,

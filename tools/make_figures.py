@@ -36,7 +36,7 @@ FIGURES = [  # (the cell's tag, which of its images, the file under docs/): what
     ("worst-errors", 0, "worst-errors.png"),
     ("augmentation", 0, "augmentation.png"),
     ("folds", 0, "folds.png"),
-    ("best-results", 2, "ensemble-learning-curves.png"),  # after the ensemble's confusion matrix and worst errors
+    ("best-curves", 0, "ensemble-learning-curves.png"),
 ]
 MEASURED = PROJECT_DIR / "benchmarks" / "experiments.tsv"
 ACCURACY_PLOT = "accuracy-vs-minutes.png"
