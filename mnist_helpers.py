@@ -1019,23 +1019,30 @@ def _printing_relay(local: bool) -> Iterator[object]:
     if not local:  # a cluster's workers cannot reach this machine's queue: their lines go to their own logs
         yield None
         return
-    from joblib.externals.loky.backend.context import get_context
-    # loky's way of starting a process, as for its workers: a fresh one (no fork of a process that may hold CUDA),
-    # which unlike multiprocessing's "spawn" does not run the caller's script again
-    with get_context("loky").Manager() as manager:
-        queue = manager.Queue()
+    from multiprocessing.managers import SyncManager
 
-        def printing() -> None:
+    from joblib.externals.loky.backend.context import get_context
+    # Started as loky starts its workers: a fresh process (no fork of a process that may hold CUDA), which unlike
+    # multiprocessing's "spawn" does not run the caller's script again. It ignores SIGINT, as the workers do: Jupyter
+    # interrupts the kernel's whole process group, and the queue must outlive that until the workers are stopped.
+    manager = SyncManager(ctx=get_context("loky"))
+    manager.start(signal.signal, (signal.SIGINT, signal.SIG_IGN))
+    queue = manager.Queue()
+
+    def printing() -> None:
+        with contextlib.suppress(EOFError, OSError):  # the queue gone with its process: nothing more to print
             for line in iter(queue.get, None):
                 print(line, flush=True)
 
-        printer = threading.Thread(target=printing, daemon=True)
-        printer.start()
-        try:
-            yield queue
-        finally:
+    printer = threading.Thread(target=printing, daemon=True)
+    printer.start()
+    try:
+        yield queue
+    finally:
+        with contextlib.suppress(EOFError, OSError):
             queue.put(None)
-            printer.join(timeout=10)
+        printer.join(timeout=10)
+        manager.shutdown()
 
 
 def run_on_workers(function: Callable, jobs: Sequence, workers: Workers, runtime: Runtime, **kwargs) -> list:

@@ -258,7 +258,9 @@ def test_the_terminal_gets_whole_lines_without_the_reference_per_batch_lines():
     terminal = run_notebook.TerminalLines(sink)
     for chunk in ["device: cpu\nEpoch 1\n-------------------------------\nloss: 2.310378 [  ", "100/33600]\n",
                   "acc: 96.49%, average_loss: 0.135642\nreference model, epoch 1/15: train loss 0.3",
-                  "1, valid acc 96.49%, 12.0 s, 02:48 left\nloss: is a word\n-----\nhalf a li"]:
+                  "1, valid acc 96.49%, 12.0 s, 02:48 left\nloss: is a word\n-----\n",
+                  "interrupted: every worker stopped; each model's checkpoint keeps its last finished epoch, and "
+                  "RESUME=True carries on from them.\nhalf a li"]:  # the notebook's own; the runner says its own
         terminal.write(chunk)
     assert sink.text == ("device: cpu\nreference model, epoch 1/15: train loss 0.31, valid acc 96.49%, 12.0 s, "
                          "02:48 left\nloss: is a word\n-----\n")  # the unfinished line waits for its end

@@ -31,6 +31,8 @@ from mnist_helpers import find_data_dir, output_dir_for
 NOTEBOOK = PROJECT_DIR / "digit_recognizer.ipynb"
 # The reference's own lines: shown in the notebook, left out of the terminal, where one line per epoch says enough.
 REFERENCE_LINES = re.compile(r"Epoch \d+|-{31}|loss: .*\[ *\d+/ *\d+\]|acc: .*%, average_loss: .*")
+# The notebook's own line after Ctrl-C with several workers: in a terminal the runner says it, in its own one line.
+NOTEBOOK_ONLY = re.compile(r"interrupted: every worker stopped; .*")
 
 
 def parse_value(text: str) -> object:
@@ -53,7 +55,7 @@ class TerminalLines:
         """Buffer text; pass on each finished line that is not one of the reference's per-batch lines."""
         *lines, self.pending = (self.pending + text).split("\n")
         for line in lines:
-            if not REFERENCE_LINES.fullmatch(line):
+            if not (REFERENCE_LINES.fullmatch(line) or NOTEBOOK_ONLY.fullmatch(line)):
                 self.stream.write(line + "\n")
         self.stream.flush()
 
