@@ -15,8 +15,9 @@ out-of-fold accuracy from that run's raw weights, with the difference's own (pai
 its rows' predictions in --oof-dir (ignored by git: derived from the data), and appends its results to --results
 with the date, the machine and the command. No test labels are read.
 
-    python benchmarks/experiments.py --idea baseline --ema 0.999                     # about 25 min here
-    python benchmarks/experiments.py --idea "no dropout" --dropout 0 --against baseline
+    python benchmarks/experiments.py --idea recipe                                   # about 30 min here
+    python benchmarks/experiments.py --idea "no dropout" --dropout 0 --against recipe
+    python benchmarks/experiments.py --idea "recorded run" --from-run output/figures --against recipe
     python benchmarks/experiments.py --report                                        # the tables, from the TSV
 """
 
@@ -45,9 +46,9 @@ REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_DIR), str(REPO_DIR / "tools")]
 
 from mnist_helpers import (
-    Workers,
     accuracy_with_error,
     choose_runtime,
+    choose_workers,
     find_data_dir,
     get_device,
     kfold_plan,
@@ -61,7 +62,8 @@ NOTEBOOK = REPO_DIR / "digit_recognizer.ipynb"
 RESULTS = REPO_DIR / "benchmarks" / "experiments.tsv"  # tab-separated: results, not data
 OOF_DIR = REPO_DIR / "benchmarks" / "oof"  # per run, each row's right-or-wrong: derived from the data, never committed
 COLUMNS = ["date", "machine", "device", "idea", "kind", "seed", "models", "folds", "epochs", "weights", "tta",
-           "images", "valid_acc", "std_error", "mistakes", "vs", "diff", "diff_std_error", "train_minutes", "command"]
+           "images", "valid_acc", "std_error", "mistakes", "vs", "diff", "diff_std_error", "train_minutes", "workers",
+           "wall_minutes", "command"]
 SHIFTS = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]  # (dx, dy) in pixels: the image itself and four 1-pixel shifts
 
 
@@ -76,11 +78,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1, help="rounds of K models, the notebook's ROUNDS (default: 1)")
     parser.add_argument("--seed", type=int, default=42,
                         help="the notebook's SEED: round r's folds use seed + r, model k seed + k (default: 42)")
-    parser.add_argument("--epochs", type=int, default=25,
-                        help="epochs per model (default: 25, the notebook's BEST_EPOCHS)")
+    parser.add_argument("--epochs", type=int, default=30,
+                        help="epochs per model (default: 30, the notebook's BEST_EPOCHS; 25 before 2026-12-06)")
     parser.add_argument("--lr", type=float, default=3e-3,
                         help="the schedule's peak (one-cycle) or starting (decay) learning rate (default: 3e-3)")
     parser.add_argument("--batch-size", type=int, default=100, help="images per step (default: 100)")
+    parser.add_argument("--workers", type=workers_count, default="auto",
+                        help="models trained at once, the notebook's WORKERS: 'auto' or a count; averaged weights "
+                             "(--swa-from, --ema, --snapshots) need 1 (default: auto)")
     parser.add_argument("--decay", type=float, metavar="FACTOR",
                         help="instead of one-cycle, multiply the learning rate by FACTOR after every epoch, as "
                              "Deotte's kernel does with 0.95 (default: one-cycle)")
@@ -90,7 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dropout", type=float, default=0.4, help="StrongerCNN's dropout (default: 0.4)")
     parser.add_argument("--elastic", type=float, nargs=2, metavar=("ALPHA", "SIGMA"),
                         help="add an elastic distortion after the affine one (default: none; Simard's is 34 4)")
-    parser.add_argument("--label-smoothing", type=float, default=0.0, help="for the training loss (default: 0)")
+    parser.add_argument("--label-smoothing", type=float, default=0.1,
+                        help="for the training loss, as the notebook's Recipe (default: 0.1; 0 before 2026-12-06)")
     parser.add_argument("--swa-from", type=int, help="also average the weights of this epoch and every later one "
                                                      "(SWA), BatchNorm statistics recomputed after (default: off)")
     parser.add_argument("--ema", type=float, metavar="DECAY",
@@ -104,8 +110,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--oof-dir", type=Path, default=OOF_DIR,
                         help=f"each run's out-of-fold right-or-wrong, for --against (default: {OOF_DIR.name}/)")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"append results here (default: {RESULTS.name})")
+    parser.add_argument("--from-run", type=Path, metavar="DIR",
+                        help="train nothing: record a RECIPE=\"best\" notebook run (ROUNDS=1) from the oof.csv and "
+                             "experiments.csv it wrote in DIR, e.g. output/figures, with --folds and --seed as its "
+                             "FOLDS and SEED (default: train)")
     parser.add_argument("--report", action="store_true", help="print the summary of --results and stop")
     return parser.parse_args(argv)
+
+
+def workers_count(text: str) -> int | str:
+    """--workers: 'auto', or a whole number of 1 or more."""
+    if text == "auto" or (text.isdigit() and int(text) >= 1):
+        return text if text == "auto" else int(text)
+    raise argparse.ArgumentTypeError(f"'auto' or a whole number of 1 or more, not {text!r}")
 
 
 def elastic_distort(images: torch.Tensor, alpha: float = 34.0, sigma: float = 4.0,
@@ -236,7 +253,7 @@ def report(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path, sep="\t")
     kfold = frame[frame.get("kind", pd.Series(index=frame.index, dtype=object)).isin(["oof", "oof-avg"])]
     columns = ["machine", "idea", "weights", "tta", "kind", "folds", "models", "images", "valid_acc", "std_error",
-               "mistakes", "vs", "diff", "diff_std_error", "train_minutes"]
+               "mistakes", "vs", "diff", "diff_std_error", "train_minutes", "workers", "wall_minutes"]
     table = kfold.reindex(columns=columns).copy()
     for column in ("valid_acc", "std_error", "diff", "diff_std_error"):
         table[column] = (100 * table[column]).round(3)  # percent, percentage points
@@ -287,7 +304,7 @@ def load_against(oof_dir: Path, idea: str, y: np.ndarray, fold_of: np.ndarray) -
     if not path.is_file():
         raise SystemExit(f"--against {idea!r}: no {path}; run that idea first, with the same --folds, --rounds "
                          "and --seed.")
-    kept = dict(np.load(path))
+    kept = {key: value for key, value in np.load(path).items() if not key.startswith(("proba-", "avg-"))}
     if not (np.array_equal(kept.pop("labels"), y) and np.array_equal(kept.pop("fold_of"), fold_of)):
         raise SystemExit(f"--against {idea!r}: {path} was made on other rows or folds; run both with the same "
                          "--folds, --rounds, --seed and --train-rows.")
@@ -296,14 +313,20 @@ def load_against(oof_dir: Path, idea: str, y: np.ndarray, fold_of: np.ndarray) -
 
 def train_and_score(code: dict, recipe, averager: WeightAverager, args: argparse.Namespace, X: np.ndarray,
                     y: np.ndarray, runtime, output_dir: Path, base: dict
-                    ) -> tuple[list[dict], dict[str, np.ndarray], np.ndarray]:
-    """K-fold as the notebook trains it; each version scored on every model's own fold, then out of fold."""
+                    ) -> tuple[list[dict], dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """K-fold as the notebook trains it; each version scored on every model's own fold, then out of fold. Returns the
+    rows, each version's right-or-wrong (R, N), the folds (R, N), and more to keep: each version's probabilities
+    (R, N, 10) and, with R > 1, its right-or-wrong by the average of the R models (N,)."""
     averager.new_model()
     plan = kfold_plan(y, args.folds, args.rounds, args.seed)
-    # In this process, one model after another: the averager keeps each model's averaged weights here.
-    kfold = code["train_kfold"](recipe, X, y, plan, runtime, output_dir, Workers((str(runtime.device),),
-                                                                                  torch.get_num_threads()),
-                                progress="lines")
+    started = time.perf_counter()
+    # As the notebook's WORKERS; with 1, in this process, one model after another, where the averager keeps each
+    # model's averaged weights.
+    workers = choose_workers(args.workers, runtime, len(plan), recipe.make_model, recipe.batch_size)
+    print(workers.describe(), flush=True)
+    kfold = code["train_kfold"](recipe, X, y, plan, runtime, output_dir, workers, progress="lines")
+    wall = (time.perf_counter() - started) / 60  # what the user waits: choosing the workers, then every model
+    base = {**base, "workers": len(workers.devices)}
     models = list(kfold["model"])
     minutes = list(kfold["seconds"] / 60)
     fold_of = np.stack([sum((m.fold - 1) * m.held_out for m in plan if m.round == r + 1) for r in range(args.rounds)])
@@ -311,6 +334,7 @@ def train_and_score(code: dict, recipe, averager: WeightAverager, args: argparse
     if args.shift_tta:
         passes.append(("shifts", lambda m, X_: shift_tta_proba(m, X_, runtime)))
     rows, right = [], {}  # right[(weights, tta)]: (R, N) bool, each row by the round's model that never saw it
+    probas = {}  # the same keys: (R, N, 10), each row's probabilities from the round's model that never saw it
     for k, (model, member) in enumerate(zip(models, plan)):
         r, held_out, name = member.round - 1, member.held_out, member.name
         for weights, versions in averager.weights(model).items():
@@ -318,17 +342,58 @@ def train_and_score(code: dict, recipe, averager: WeightAverager, args: argparse
                 proba = np.mean([predict(version, X[held_out]) for version in versions], axis=0)  # (n, 10)
                 hits = right.setdefault(f"{weights}-{tta}", np.zeros(fold_of.shape, dtype=bool))
                 hits[r, held_out] = proba.argmax(1) == y[held_out]
+                probas.setdefault(f"{weights}-{tta}", np.zeros((*fold_of.shape, 10)))[r, held_out] = proba
                 rows.append(scored(base, "fold", f"{args.seed + k + 1} ({name})", 1, weights, tta,
                                    hits[r, held_out], minutes[k]))
+    kept = {f"proba-{key}": proba for key, proba in probas.items()}  # to keep beside the right-or-wrong
     for key, hits in right.items():
         weights, tta = key.split("-")
         for r in range(args.rounds):
-            rows.append(scored(base, "oof", f"round {r + 1}", 1, weights, tta, hits[r],
-                               sum(minutes[r * args.folds:(r + 1) * args.folds])))
+            rows.append(scored({**base, "wall_minutes": round(wall, 2)}, "oof", f"round {r + 1}", 1, weights, tta,
+                               hits[r], sum(minutes[r * args.folds:(r + 1) * args.folds])))
             print(f"  {weights} weights, TTA {tta}, out of fold{f' (round {r + 1})' if args.rounds > 1 else ''}: "
                   f"{100 * rows[-1]['valid_acc']:.2f}% ± {100 * rows[-1]['std_error']:.2f} "
                   f"({rows[-1]['mistakes']} mistakes of {len(y)})", flush=True)
-    return rows, right, fold_of
+        if args.rounds > 1:  # each row by the average of the R models that never saw it: what averaging gives
+            averaged = kept[f"avg-{key}"] = probas[key].mean(axis=0).argmax(axis=1) == y  # (N,)
+            rows.append(scored({**base, "wall_minutes": round(wall, 2)}, "oof-avg", f"{args.rounds} models a row",
+                               args.rounds, weights, tta, averaged, sum(minutes)))
+            print(f"  {weights} weights, TTA {tta}, out of fold, {args.rounds} models a row: "
+                  f"{100 * rows[-1]['valid_acc']:.2f}% ± {100 * rows[-1]['std_error']:.2f} "
+                  f"({rows[-1]['mistakes']} mistakes of {len(y)})", flush=True)
+    return rows, right, fold_of, kept
+
+
+def recorded_run(run_dir: Path, args: argparse.Namespace, y: np.ndarray, base: dict
+                 ) -> tuple[list[dict], dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """A notebook run's rows, as train_and_score gives them: from its oof.csv (each row's out-of-fold prediction) and
+    experiments.csv (each model's seconds, the run's wall seconds and workers)."""
+    try:
+        oof, table = pd.read_csv(run_dir / "oof.csv"), pd.read_csv(run_dir / "experiments.csv")
+    except (OSError, pd.errors.ParserError) as error:
+        raise SystemExit(f"--from-run {run_dir}: {error}; give the OUTPUT_DIR of a RECIPE=\"best\" run.") from None
+    plan = kfold_plan(y, args.folds, args.rounds, args.seed)
+    models = table[table["recipe"].isin([f"best, {member.name}" for member in plan])]
+    pooled = table[table["recipe"] == "best, out of fold"]
+    if args.rounds != 1 or len(models) != len(plan) or len(pooled) != 1 or not np.array_equal(oof["label"], y):
+        raise SystemExit(f"--from-run {run_dir}: not a run of {args.folds} folds, 1 round, on these rows; give "
+                         "--folds and --seed as its FOLDS and SEED, and no --rounds or --train-rows.")
+    right = oof["oof_pred"].to_numpy() == y  # (N,) bool: each row by the model that never saw it
+    seconds, pooled = models["train_seconds"].to_numpy(), pooled.iloc[0]
+    rows = []
+    for member, (_, model), model_seconds in zip(plan, models.iterrows(), seconds):
+        if (~right[member.held_out]).sum() != model["mistakes"]:  # its own fold, as the notebook scored it
+            raise SystemExit(f"--from-run {run_dir}: {member.name}'s mistakes differ from oof.csv's: that run used "
+                             "other folds; give --folds and --seed as its FOLDS and SEED.")
+        rows.append(scored({**base, "epochs": model["epochs"], "workers": pooled.get("workers")}, "fold",
+                           f"{member.seed} ({member.name})", 1, "raw", "none", right[member.held_out],
+                           model_seconds / 60))
+    tta = "none" if not pooled.get("tta", 0) else f"{int(pooled['tta'])} augmented passes"
+    wall = pooled.get("wall_seconds", np.nan) / 60  # runs before 2026-12-06 did not write it
+    rows.append(scored({**base, "epochs": pooled["epochs"], "workers": pooled.get("workers"),
+                        "wall_minutes": round(wall, 2)}, "oof", "round 1", 1, "raw", tta, right, seconds.sum() / 60))
+    fold_of = sum((member.fold - 1) * member.held_out for member in plan)[None]  # (1, N)
+    return rows, {"raw-none": right[None]}, fold_of, {}
 
 
 def compare(rows: list[dict], right: dict[str, np.ndarray], idea: str, against: dict[str, np.ndarray] | None,
@@ -351,6 +416,10 @@ def compare(rows: list[dict], right: dict[str, np.ndarray], idea: str, against: 
 def main(argv: list[str] | None = None) -> None:
     """Train the models, score them every way, print and record the results."""
     args = parse_args(argv)
+    averaging = args.swa_from is not None or args.ema is not None or bool(args.snapshots)
+    if averaging and args.workers != 1:
+        raise SystemExit("--swa-from, --ema and --snapshots keep each model's averaged weights in this process: "
+                         "add --workers 1.")
     if args.report:
         with pd.option_context("display.width", 200, "display.max_columns", None):
             print(report(args.results).to_string(index=False))
@@ -377,19 +446,25 @@ def main(argv: list[str] | None = None) -> None:
     recipe = code["Recipe"](epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                             make_model=functools.partial(code["StrongerCNN"], dropout=args.dropout, width=args.width),
                             augment=augment, loss_fn=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
-                            train_epoch=averager, **({"schedule": exponential_decay(args.decay)} if args.decay else {}))
+                            train_epoch=averager if averaging else code["train_one_epoch"],
+                            **({"schedule": exponential_decay(args.decay)} if args.decay else {}))
     when, where = time.strftime("%Y-%m-%d"), machine()
-    print(f"{when}: {args.idea}: {args.folds}-fold x {args.rounds} round(s), {args.epochs} epochs a model, on {device} "
-          f"({where}, torch {torch.__version__}), {len(X)} rows from {data_dir}", flush=True)
+    print(f"{when}: {args.idea}: " + (f"the run in {args.from_run}" if args.from_run else
+                                      f"{args.folds}-fold x {args.rounds} round(s), {args.epochs} epochs a model") +
+          f", on {device} ({where}, torch {torch.__version__}), {len(X)} rows from {data_dir}", flush=True)
     base = {"date": when, "machine": where, "device": device.type, "idea": args.idea, "folds": args.folds,
             "epochs": args.epochs, "command": command}
     against = None
     if args.against:  # refused before training, not after half an hour
         expected = np.stack([code["mh"].stratified_folds(y, args.folds, args.seed + r) for r in range(args.rounds)])
         against = load_against(args.oof_dir, args.against, y, expected)
-    rows, right, fold_of = train_and_score(code, recipe, averager, args, X, y, runtime, Path(scratch.name), base)
+    if args.from_run:
+        rows, right, fold_of, kept = recorded_run(args.from_run, args, y, base)
+    else:
+        rows, right, fold_of, kept = train_and_score(code, recipe, averager, args, X, y, runtime,
+                                                     Path(scratch.name), base)
     args.oof_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(oof_file(args.oof_dir, args.idea), labels=y, fold_of=fold_of, **right)
+    np.savez_compressed(oof_file(args.oof_dir, args.idea), labels=y, fold_of=fold_of, **right, **kept)
     compare(rows, right, args.idea, against, args.against)
     record(rows, args.results)
     print(f"appended {len(rows)} rows to {args.results}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -72,7 +74,7 @@ def test_a_tiny_run_scores_every_version_on_each_fold_and_out_of_fold_and_report
     results, oof_dir = tmp_path / "experiments.tsv", tmp_path / "oof"
     experiments.main(["--idea", "tiny", "--data-dir", str(tmp_path), "--folds", "2", "--epochs", "2", "--width", "4",
                       "--swa-from", "2", "--ema", "0.9", "--elastic", "34", "4", "--label-smoothing", "0.1",
-                      "--shift-tta", "--results", str(results), "--oof-dir", str(oof_dir)])
+                      "--shift-tta", "--workers", "1", "--results", str(results), "--oof-dir", str(oof_dir)])
     rows = pd.read_csv(results, sep="\t")
     assert list(rows.columns) == experiments.COLUMNS
     folds, oof = rows[rows["kind"] == "fold"], rows[rows["kind"] == "oof"]
@@ -119,7 +121,7 @@ def test_the_paired_difference_and_its_standard_error_by_hand():
 def test_an_idea_is_compared_with_another_run_on_the_same_folds_or_refused_before_training(tmp_path, monkeypatch,
                                                                                           capsys):
     tiny_data(tmp_path, 300)
-    common = ["--data-dir", str(tmp_path), "--folds", "3", "--epochs", "2", "--width", "4",
+    common = ["--data-dir", str(tmp_path), "--folds", "3", "--epochs", "2", "--width", "4", "--workers", "1",
               "--results", str(tmp_path / "r.tsv"), "--oof-dir", str(tmp_path / "oof")]
     experiments.main(["--idea", "base", *common])
     experiments.main(["--idea", "no dropout", "--dropout", "0", "--decay", "0.95", "--batch-size", "64",
@@ -142,6 +144,87 @@ def test_an_idea_is_compared_with_another_run_on_the_same_folds_or_refused_befor
             experiments.main(["--idea", "refused", *common, *argv])
         assert str(error.value).startswith(message), error.value
     assert "other rows or folds" in str(error.value)
+
+
+def test_two_rounds_on_two_workers_score_each_row_by_each_round_and_by_the_average_of_both(tmp_path):
+    _, y = tiny_data(tmp_path, 300)
+    results, oof_dir = tmp_path / "r.tsv", tmp_path / "oof"
+    experiments.main(["--idea", "two", "--data-dir", str(tmp_path), "--folds", "3", "--rounds", "2", "--epochs", "1",
+                      "--width", "4", "--workers", "2", "--results", str(results), "--oof-dir", str(oof_dir)])
+    rows = pd.read_csv(results, sep="\t")
+    oof, average = rows[rows["kind"] == "oof"], rows[rows["kind"] == "oof-avg"]
+    assert oof["seed"].tolist() == ["round 1", "round 2"] and len(rows) == 6 + 2 + 1
+    assert (rows["workers"] == 2).all()  # as the notebook's WORKERS=2: two processes at once
+    # The wall minutes are the run's, from choosing the workers to the last model: on the out-of-fold rows only.
+    assert rows.loc[rows["kind"] == "fold", "wall_minutes"].isna().all()
+    assert (rows.loc[rows["kind"] != "fold", "wall_minutes"] > 0).all()
+    kept = np.load(experiments.oof_file(oof_dir, "two"))
+    proba = kept["proba-raw-none"]  # (2, 300, 10): each round's model that never saw the row
+    assert proba.shape == (2, 300, 10) and np.allclose(proba.sum(axis=2), 1, atol=1e-3)
+    for r in range(2):
+        assert np.array_equal(kept["raw-none"][r], proba[r].argmax(axis=1) == y)
+        assert oof.iloc[r]["mistakes"] == (proba[r].argmax(axis=1) != y).sum()
+    (_, row), = average.iterrows()
+    assert row["seed"] == "2 models a row" and row["models"] == 2 and row["images"] == 300
+    averaged = proba.mean(axis=0).argmax(axis=1) == y  # (300,): the average of both rounds, not either one
+    assert np.array_equal(kept["avg-raw-none"], averaged) and row["mistakes"] == (~averaged).sum()
+    assert row["train_minutes"] == pytest.approx(oof["train_minutes"].sum(), abs=0.02)
+    assert "oof-avg" in experiments.report(results)["kind"].tolist()
+
+
+def test_averaged_weights_need_one_worker_and_are_refused_before_the_data_is_read(tmp_path):
+    for option in (["--ema", "0.999"], ["--swa-from", "20"], ["--snapshots", "10"]):
+        with pytest.raises(SystemExit) as error:
+            experiments.main(["--data-dir", str(tmp_path / "nothing here"), *option])
+        assert str(error.value).endswith("add --workers 1."), option
+    with pytest.raises(SystemExit):  # argparse: not a count
+        experiments.parse_args(["--workers", "0"])
+
+
+def notebook_run(tmp_path, y: np.ndarray, seed: int = 42) -> tuple[Path, np.ndarray]:
+    """An OUTPUT_DIR as a RECIPE="best" run with FOLDS=3 leaves it: oof.csv and experiments.csv; and its right rows."""
+    run = tmp_path / "run"
+    run.mkdir()
+    predicted = y.copy()
+    predicted[::7] = (y[::7] + 1) % 10  # every 7th row wrong
+    plan = experiments.kfold_plan(y, 3, 1, seed)
+    pd.DataFrame({"row": np.arange(len(y)), "label": y, "oof_pred": predicted}).to_csv(run / "oof.csv", index=False)
+    table = [dict(recipe="reference", epochs=15, mistakes=3, train_seconds=100.0)]
+    table += [dict(recipe=f"best, {m.name}", epochs=25, mistakes=(predicted != y)[m.held_out].sum(),
+                   train_seconds=60.0 * m.fold) for m in plan]
+    table += [dict(recipe="best, out of fold", epochs=25, mistakes=(predicted != y).sum(), train_seconds=360.0,
+                   wall_seconds=240.0, workers=2, tta=0)]
+    pd.DataFrame(table).to_csv(run / "experiments.csv", index=False)
+    return run, predicted == y
+
+
+def test_a_notebook_run_is_recorded_from_its_files_and_paired_like_a_trained_one(tmp_path, monkeypatch):
+    _, y = tiny_data(tmp_path, 300)
+    run, right = notebook_run(tmp_path, y)
+    oof_dir, results = tmp_path / "oof", tmp_path / "r.tsv"
+    plan = experiments.kfold_plan(y, 3, 1, 42)
+    fold_of = sum((m.fold - 1) * m.held_out for m in plan)[None]
+    base_right = np.ones((1, 300), dtype=bool)  # the run to compare with got every row right
+    oof_dir.mkdir()
+    np.savez_compressed(experiments.oof_file(oof_dir, "base"), labels=y, fold_of=fold_of, **{"raw-none": base_right})
+    monkeypatch.setattr(experiments, "train_and_score", lambda *args: pytest.fail("trained a recorded run"))
+    common = ["--data-dir", str(tmp_path), "--folds", "3", "--results", str(results), "--oof-dir", str(oof_dir)]
+    experiments.main(["--idea", "recorded", "--from-run", str(run), "--against", "base", *common])
+    rows = pd.read_csv(results, sep="\t")
+    folds, (_, oof) = rows[rows["kind"] == "fold"], *rows[rows["kind"] == "oof"].iterrows()
+    assert folds["seed"].tolist() == ["43 (fold 1)", "44 (fold 2)", "45 (fold 3)"]
+    assert folds["train_minutes"].tolist() == [1.0, 2.0, 3.0] and (folds["epochs"] == 25).all()
+    assert oof["mistakes"] == (~right).sum() and oof["images"] == 300
+    assert (oof["train_minutes"], oof["wall_minutes"], oof["workers"]) == (6.0, 4.0, 2)
+    assert oof["diff"] == pytest.approx(right.mean() - 1) and oof["vs"] == "base, raw weights"
+    assert np.array_equal(np.load(experiments.oof_file(oof_dir, "recorded"))["raw-none"][0], right)
+    for argv in (["--seed", "7"], ["--folds", "4"]):  # other folds than the run's: refused, nothing recorded
+        with pytest.raises(SystemExit) as error:
+            experiments.main(["--idea", "wrong", "--from-run", str(run), *common, *argv])
+        assert "give --folds and --seed as its FOLDS and SEED" in str(error.value)
+    with pytest.raises(SystemExit, match="give the OUTPUT_DIR of a RECIPE"):
+        experiments.main(["--idea", "wrong", "--from-run", str(tmp_path / "no run"), *common])
+    assert len(pd.read_csv(results, sep="\t")) == len(rows)
 
 
 def test_deottes_decay_multiplies_the_learning_rate_once_per_epoch():
@@ -296,8 +379,8 @@ def test_a_run_replaces_nothing_in_the_notebooks_namespace_and_passes_its_change
     # Every option that once overwrote a notebook global: the epochs, the model's width, the loss, the augmentation
     # and the epoch function (SWA, EMA, snapshots); and the pseudo-labels' second stage, which trains again.
     experiments.main(["--idea", "tiny", "--data-dir", str(tmp_path), "--folds", "2", "--epochs", "2", "--width", "8",
-                      "--dropout", "0.1", "--label-smoothing", "0.1", "--elastic", "34", "4", "--swa-from", "2",
-                      "--ema", "0.9", "--snapshots", "1", "--decay", "0.9", "--batch-size", "50",
+                      "--dropout", "0.1", "--label-smoothing", "0.2", "--elastic", "34", "4", "--swa-from", "2",
+                      "--ema", "0.9", "--snapshots", "1", "--decay", "0.9", "--batch-size", "50", "--workers", "1",
                       "--results", str(tmp_path / "results.tsv"), "--oof-dir", str(tmp_path / "oof")])
 
     [(code, before)] = namespaces
@@ -311,10 +394,10 @@ def test_a_run_replaces_nothing_in_the_notebooks_namespace_and_passes_its_change
     assert isinstance(recipe, code["Recipe"])
     assert (recipe.epochs, recipe.lr, recipe.batch_size) == (2, 3e-3, 50)
     assert recipe.make_model().features[3].p == 0.1 and recipe.schedule is not code["Recipe"].schedule
-    assert recipe.make_model().head.in_features == 32 and recipe.loss_fn.label_smoothing == 0.1
+    assert recipe.make_model().head.in_features == 32 and recipe.loss_fn.label_smoothing == 0.2
     assert isinstance(recipe.train_epoch, experiments.WeightAverager)
     assert recipe.train_epoch.train_one_epoch is code["train_one_epoch"]  # it wraps the notebook's own loop
     assert recipe.augment is not code["mh"].random_affine  # the elastic distortion after the notebook's one
     default = code["Recipe"](epochs=1, lr=1e-3, batch_size=10)  # the notebook's Recipe, still as the notebook has it
     assert default.train_epoch is code["train_one_epoch"] and default.augment is code["mh"].random_affine
-    assert default.make_model is code["StrongerCNN"] and default.loss_fn.label_smoothing == 0.0
+    assert default.make_model is code["StrongerCNN"] and default.loss_fn.label_smoothing == 0.1

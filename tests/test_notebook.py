@@ -35,7 +35,7 @@ from notebook_cells import notebook_code_cells
 PARAMETERS = {"DATA_DIR": None, "EPOCHS": 15, "BATCH_SIZE": 100, "LR": 1e-3, "VALID_SIZE": 0.2, "SEED": 42,
               "TRAIN_ROWS": None, "TEST_ROWS": None, "OUTPUT_DIR": None, "FAST": True,
               "PROGRESS": True, "LOSS_LINES": True, "RESUME": False, "DETERMINISTIC": False, "RECIPE": "reference",
-              "BEST_EPOCHS": 25, "BEST_LR": 3e-3, "FOLDS": 5, "ROUNDS": 1, "WORKERS": "auto", "TTA": 0}
+              "BEST_EPOCHS": 30, "BEST_LR": 3e-3, "FOLDS": 5, "ROUNDS": 1, "WORKERS": "auto", "TTA": 0}
 
 
 def run_notebook(tmp_path, **parameters):
@@ -216,6 +216,11 @@ def test_smoke_run_of_the_best_recipe_writes_its_submission_and_shows_the_analys
                                                          / experiments["images"]))
     assert np.isclose(experiments["train_seconds"].iloc[5], experiments["train_seconds"].iloc[1:3].sum())
     assert np.isclose(experiments["train_seconds"].iloc[7], experiments["train_seconds"].iloc[1:5].sum())
+    # The out-of-fold rows also keep the run's wall time (every model, both workers at once), its workers and TTA,
+    # which benchmarks/experiments.py --from-run records:
+    assert experiments["wall_seconds"].iloc[:5].isna().all()
+    assert (experiments["wall_seconds"].iloc[5:] >= experiments["train_seconds"].iloc[1:5].max()).all()
+    assert experiments["workers"].iloc[5:].tolist() == [2] * 3 and experiments["tta"].iloc[5:].tolist() == [1] * 3
     oof = pd.read_csv(output_dir / "oof.csv")
     assert list(oof.columns) == ["row", "label", "oof_pred"] and len(oof) == 400 and (oof["label"] == y).all()
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)

@@ -1,4 +1,4 @@
-"""The plot helpers draw what they say (the notebook's, and tools/make_figures.py's accuracy-vs-minutes figure), and
+"""The plot helpers draw what they say (the notebook's, and tools/make_figures.py's accuracy-vs-minutes frontier), and
 per_class_accuracy counts what a hand count does."""
 
 from __future__ import annotations
@@ -6,10 +6,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import pytest
 
 from conftest import make_digits
-from make_figures import measured_points, plot_accuracy_vs_minutes
+from make_figures import frontier_points, plot_accuracy_vs_minutes
 from mnist_helpers import per_class_accuracy, plot_digits, plot_history
 
 
@@ -56,52 +55,57 @@ def test_per_class_accuracy_matches_a_hand_count_on_random_predictions():
 
 
 def measured_rows() -> pd.DataFrame:
-    """A few rows as benchmarks/experiments.py records them: earlier runs on one split (no kind), then K-fold ones."""
-    columns = ["device", "idea", "kind", "weights", "tta", "models", "valid_acc", "train_minutes"]
+    """Rows as benchmarks/experiments.py records them: an earlier split run (no kind), K-fold runs on two machines."""
+    columns = ["machine", "idea", "kind", "seed", "weights", "tta", "models", "valid_acc", "std_error",
+               "wall_minutes"]
     return pd.DataFrame([
-        ("cpu", "base", None, "raw", "none", 1, 0.990, 4.0), ("cpu", "base", None, "raw", "none", 1, 0.970, 5.0),
-        ("cpu", "base", None, "raw", "none", 2, 0.991, 9.0), ("cpu", "base", None, "raw", "none", 3, 0.992, 13.0),
-        ("cpu", "base", None, "swa", "shifts", 1, 0.960, 4.0), ("cuda", "base", None, "raw", "none", 1, 0.999, 1.0),
-        ("cpu", "alone", None, "raw", "none", 1, 0.950, 2.0),
-        ("cpu", "kfold", "fold", "raw", "none", 1, 0.995, 5.0), ("cpu", "kfold", "fold", "raw", "none", 1, 0.997, 5.0),
-        ("cpu", "kfold", "oof", "raw", "none", 1, 0.996, 10.0)], columns=columns)
+        ("A", "split", None, "42", "raw", "none", 1, 0.999, 0.001, None),           # one split: no out-of-fold figure
+        ("A", "base", "fold", "43 (fold 1)", "raw", "none", 1, 0.998, 0.001, None),  # one model's own fold
+        ("A", "base", "oof", "round 1", "raw", "none", 1, 0.9957, 0.0003, 20.0),
+        ("A", "base", "oof", "round 1", "ema", "none", 1, 0.9990, 0.0003, 20.0),     # averaged weights: not a recipe
+        ("A", "slow", "oof", "round 1", "raw", "none", 1, 0.9955, 0.0003, 30.0),     # slower and worse: not on it
+        ("A", "long", "oof", "round 1", "raw", "none", 1, 0.9963, 0.0003, 35.0),
+        ("A", "fast", "oof", "round 1", "raw", "none", 1, 0.9950, 0.0003, 12.0),
+        ("A", "old", "oof", "round 1", "raw", "none", 1, 0.9900, 0.0003, None),      # before wall minutes
+        ("A", "two", "oof", "round 2", "raw", "none", 1, 0.9961, 0.0003, 50.0),      # the second round: not again
+        ("A", "two", "oof-avg", "2 models a row", "raw", "none", 2, 0.9968, 0.0003, 50.0),
+        ("B", "base", "oof", "round 1", "raw", "none", 1, 0.9999, 0.0003, 5.0),      # another machine
+        ("A", "base", "oof", "round 1", "raw", "none", 1, 0.9959, 0.0003, 21.0),     # base again, later: this one
+    ], columns=columns)
 
 
-def test_measured_points_are_each_variants_out_of_fold_figure_or_mean_model_then_largest_ensemble_on_one_device():
-    points = measured_points(measured_rows(), "cpu")
-    assert points["variant"].tolist() == ["base", "base", "base, swa weights, shift TTA", "alone",
-                                          "kfold, out of fold"]
-    assert points["kind"].tolist() == ["validation"] * 4 + ["oof"]
-    assert points["models"].tolist() == [1, 3, 1, 1, 1]
-    np.testing.assert_allclose(points["valid_acc"], [0.980, 0.992, 0.960, 0.950, 0.996])  # not the GPU's 0.999
-    np.testing.assert_allclose(points["minutes"], [4.5, 13.0, 4.0, 2.0, 10.0])  # K-fold: all its models' minutes
+def test_frontier_points_are_each_recipes_latest_out_of_fold_figure_on_one_machine_and_the_frontier_is_unbeaten():
+    points = frontier_points(measured_rows(), "A")
+    assert points["idea"].tolist() == ["fast", "base", "slow", "long", "two"]  # by minutes
+    np.testing.assert_allclose(points["acc"], [99.50, 99.59, 99.55, 99.63, 99.68])
+    np.testing.assert_allclose(points["error"], [0.03] * 5)
+    np.testing.assert_allclose(points["minutes"], [12.0, 21.0, 30.0, 35.0, 50.0])
+    assert points["models"].tolist() == [1, 1, 1, 1, 2]
+    assert points["frontier"].tolist() == [True, True, False, True, False]  # "two" averages 2 models a row
+    assert frontier_points(measured_rows())["machine"].unique().tolist() == ["A"]  # the machine measured last
+    assert frontier_points(measured_rows(), "B")["idea"].tolist() == ["base"]
 
 
-def test_accuracy_plot_puts_every_model_and_the_out_of_fold_figure_at_its_minutes():
-    experiments = pd.DataFrame({"recipe": ["reference", "best, fold 1", "best, fold 2", "best, out of fold"],
-                                "models": [1, 1, 1, 1], "valid_acc": [0.9889, 0.9956, 0.9960, 0.9958],
-                                "train_seconds": [150.0, 240.0, 300.0, 540.0]})
-    fig = plot_accuracy_vs_minutes(experiments, measured_points(measured_rows(), "cpu"))
-    whole, top = fig.axes
-    for ax in (whole, top):
-        singles, pooled, *measured = ax.get_lines()
-        np.testing.assert_allclose(singles.get_xdata(), [2.5, 4.0, 5.0])
-        np.testing.assert_allclose(singles.get_ydata(), [98.89, 99.56, 99.60])
-        np.testing.assert_allclose(pooled.get_xdata(), [9.0])
-        np.testing.assert_allclose(pooled.get_ydata(), [99.58])
-        assert len(measured) == 4  # one line per measured variant: its mean model, then its ensemble; or its OOF
-        np.testing.assert_allclose(measured[0].get_xdata(), [4.5, 13.0])
-        np.testing.assert_allclose(measured[0].get_ydata(), [98.0, 99.2])
-        np.testing.assert_allclose(measured[3].get_xdata(), [10.0])
-        np.testing.assert_allclose(measured[3].get_ydata(), [99.6])
-    assert whole.get_ylim()[0] == pytest.approx(95.0 - 0.2)  # everything: down to the lowest point, 95.0%
-    assert top.get_ylim()[0] == pytest.approx(99.60 - 0.3)  # only the top 0.3 points
-    legend = [t.get_text() for t in top.get_legend().get_texts()]
-    assert "base (one validation split: mean of 3 models, then together)" in legend
-    assert "kfold, out of fold (all rows, minutes: all its models)" in legend
+def test_accuracy_plot_draws_each_point_with_its_error_bar_the_frontier_and_the_recorded_run():
+    recorded = pd.DataFrame({"recipe": ["reference", "best, fold 1", "best, out of fold"], "valid_acc":
+                             [0.9889, 0.9956, 0.9961], "wall_seconds": [None, None, 1500.0]})
+    fig = plot_accuracy_vs_minutes(frontier_points(measured_rows(), "A"), recorded)
+    (ax,) = fig.axes
+    frontier, star = [line for line in ax.get_lines() if line.get_linestyle() == "-" or line.get_marker() == "*"]
+    np.testing.assert_allclose(frontier.get_xdata(), [12.0, 21.0, 35.0])
+    np.testing.assert_allclose(frontier.get_ydata(), [99.50, 99.59, 99.63])
+    np.testing.assert_allclose(star.get_xdata(), [25.0])
+    np.testing.assert_allclose(star.get_ydata(), [99.61])
+    single, averaged = ax.containers  # the error bars: one model a row, then 2 models a row
+    bars = single.lines[2][0].get_segments()  # one vertical segment per point: its ± 1 standard error
+    np.testing.assert_allclose([segment[:, 1] for segment in bars],
+                               [[99.47, 99.53], [99.56, 99.62], [99.52, 99.58], [99.60, 99.66]])
+    np.testing.assert_allclose(np.asarray(averaged.lines[0].get_xdata(), dtype=float), [50.0])
+    assert [text.get_text() for text in ax.texts] == ["fast", "base", "slow", "long", "two"]
+    assert ax.get_title().endswith(", on A")
     plt.close(fig)
-    alone = plot_accuracy_vs_minutes(experiments)  # on Kaggle: this run only
-    assert len(alone.axes[0].get_lines()) == 2
+    alone = plot_accuracy_vs_minutes(frontier_points(measured_rows().iloc[:0]), recorded)  # no measured recipes
+    assert [line.get_marker() for line in alone.axes[0].get_lines() if line.get_marker() == "*"] == ["*"]
     plt.close(alone)
 
 

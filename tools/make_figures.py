@@ -7,8 +7,9 @@
 The notebook's figures are its own PNG outputs, cut from the executed copy byte for byte, so they always show what
 that run drew. The copy is cleaned for GitHub: no widget state, no per-cell timing metadata, and paths inside the
 repository shown relative to it (in papermill's record of the run and in what the cells printed). One more figure,
-docs/accuracy-vs-minutes.png, puts that run's models (its experiments.csv, beside the executed notebook) among the
-ideas that benchmarks/experiments.py measured on a CPU (benchmarks/experiments.tsv), for docs/experiments.md.
+docs/accuracy-vs-minutes.png, draws the recipes that benchmarks/experiments.py measured out of fold on one machine
+(benchmarks/experiments.tsv) as accuracy against minutes, with their frontier and that run's own out-of-fold figure
+(its experiments.csv, beside the executed notebook), for docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ FIGURES = [  # (the cell's tag, which of its images, the file under docs/): what
 ]
 MEASURED = PROJECT_DIR / "benchmarks" / "experiments.tsv"
 ACCURACY_PLOT = "accuracy-vs-minutes.png"
+POINT_COLUMNS = ["machine", "idea", "models", "acc", "error", "minutes", "frontier"]  # frontier_points' columns
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
@@ -71,77 +73,69 @@ def cell_images(notebook: dict, tag: str) -> list[bytes]:
             if "image/png" in out.get("data", {})]
 
 
-def measured_points(measured: pd.DataFrame, device: str = "cpu") -> pd.DataFrame:
-    """Per variant of an experiments table (benchmarks/experiments.tsv): its K-fold runs' out-of-fold accuracy, and
-    the earlier runs' mean single model and largest ensemble on one validation split."""
-    rows = measured[measured["device"] == device]
-    kind = rows["kind"] if "kind" in rows else pd.Series(index=rows.index, dtype=object)
-    points = []
-    for (idea, weights, tta), group in rows.groupby(["idea", "weights", "tta"], sort=False):
-        variant = idea + ("" if weights == "raw" else f", {weights} weights") + ("" if tta == "none" else ", shift TTA")
-        for _, row in group[kind[group.index] == "oof"].iterrows():  # one model per row: out of fold, all rows
-            points.append({"variant": f"{variant}, out of fold", "kind": "oof", "models": 1,
-                           "valid_acc": row["valid_acc"], "minutes": row["train_minutes"]})
-        group = group[kind[group.index].isna()]
-        single, ensembles = group[group["models"] == 1], group[group["models"] > 1]
-        if len(single):
-            points.append({"variant": variant, "kind": "validation", "models": 1,
-                           "valid_acc": single["valid_acc"].mean(), "minutes": single["train_minutes"].mean()})
-        if len(ensembles):
-            largest = ensembles.sort_values("models").iloc[-1]
-            points.append({"variant": variant, "kind": "validation", "models": int(largest["models"]),
-                           "valid_acc": largest["valid_acc"], "minutes": largest["train_minutes"]})
-    return pd.DataFrame(points, columns=["variant", "kind", "models", "valid_acc", "minutes"])
+def frontier_points(measured: pd.DataFrame, machine: str | None = None) -> pd.DataFrame:
+    """One point per recipe that benchmarks/experiments.py measured out of fold on one machine (by default the one
+    measured last): raw weights, no TTA, its latest run; accuracy and standard error in percent, wall minutes, and
+    whether it is on the frontier (no point as fast or faster is as accurate)."""
+    kind = measured["kind"] if "kind" in measured else pd.Series(index=measured.index, dtype=object)
+    wall = measured["wall_minutes"] if "wall_minutes" in measured else pd.Series(index=measured.index, dtype=float)
+    rows = measured[kind.isin(["oof", "oof-avg"]) & (measured["weights"] == "raw") & (measured["tta"] == "none")
+                    & wall.notna() & (kind.eq("oof-avg") | measured["seed"].eq("round 1"))]
+    if rows.empty:
+        return pd.DataFrame(columns=POINT_COLUMNS)
+    rows = rows[rows["machine"] == (machine or rows["machine"].iloc[-1])].drop_duplicates(["idea", "kind"], keep="last")
+    points = pd.DataFrame({"machine": rows["machine"], "idea": rows["idea"], "models": rows["models"].astype(int),
+                           "acc": 100 * rows["valid_acc"], "error": 100 * rows["std_error"],
+                           "minutes": rows["wall_minutes"].astype(float)}).sort_values(
+        ["minutes", "acc"], ascending=[True, False], ignore_index=True)
+    # One model a row: a point is on the frontier if every point as fast or faster is less accurate.
+    single = points["models"] == 1
+    best_before = points["acc"].where(single).cummax().shift(fill_value=-1.0)
+    points["frontier"] = single & (points["acc"] > best_before)
+    return points[POINT_COLUMNS]
 
 
-def plot_accuracy_vs_minutes(experiments: pd.DataFrame, measured: pd.DataFrame | None = None):
-    """Accuracy against training minutes, all of it and the top: a run's models and its out-of-fold figure, among
-    measured points."""
+def plot_accuracy_vs_minutes(points: pd.DataFrame, recorded: pd.DataFrame | None = None):
+    """Out-of-fold accuracy (± 1 standard error) against wall minutes, one point per recipe, with the frontier, and
+    the recorded run (its experiments.csv) as a star."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run = experiments.assign(minutes=experiments["train_seconds"] / 60, acc=100 * experiments["valid_acc"])
-    columns = ["variant", "kind", "models", "valid_acc", "minutes"]
-    other = measured if measured is not None else pd.DataFrame(columns=columns)
-    other = other.assign(acc=100 * other["valid_acc"].astype(float))
-    top = max(run["acc"].max(), other["acc"].max() if len(other) else 0)
-    bottom = min(run["acc"].min(), other["acc"].min() if len(other) else 100)
-    out_of_fold = run["recipe"].str.contains("out of fold")
-    singles, pooled = run[~out_of_fold], run[out_of_fold]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for ax, low in zip(axes, (bottom - 0.2, top - 0.3)):  # everything, then the top 0.3 points of it
-        ax.plot(singles["minutes"], singles["acc"], "o", color="black",
-                label="the recorded run: each model, on its own held-out images")
-        ax.plot(pooled["minutes"], pooled["acc"], "s", color="black", markersize=8,
-                label="the recorded run: out of fold, every image (minutes: all its models)")
-        for n, (variant, points) in enumerate(other.groupby("variant", sort=False)):
-            if (points["kind"] == "oof").all():
-                ax.plot(points["minutes"], points["acc"], "D", color=f"C{n % 10}", markersize=6,
-                        label=f"{variant} (all rows, minutes: all its models)")
-            else:  # one model, then the ensemble
-                ax.plot(points["minutes"], points["acc"], "x:", color=f"C{n % 10}", markersize=7,
-                        label=f"{variant} (one validation split: mean of {points['models'].max()} models, "
-                              "then together)")
-        ax.set(xlabel="training minutes", ylabel="accuracy (%)", ylim=(low, top + 0.05))
-        ax.grid(alpha=0.3)
-    for _, row in run[run["recipe"] == "reference"].iterrows():
-        axes[0].annotate("reference", (row["minutes"], row["acc"]), xytext=(6, -3), textcoords="offset points",
-                         fontsize=8)
-    axes[0].set_title("Accuracy against training time")
-    axes[1].set_title("The top of it")
-    axes[1].legend(loc="lower right", fontsize=6)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    single, averaged = points[points["models"] == 1], points[points["models"] > 1]
+    ax.errorbar(single["minutes"], single["acc"], yerr=single["error"], fmt="o", color="C0", capsize=3,
+                label="a recipe: one model a row, ± 1 standard error")
+    if len(averaged):
+        ax.errorbar(averaged["minutes"], averaged["acc"], yerr=averaged["error"], fmt="s", color="C2", capsize=3,
+                    mfc="none", label="the same, ROUNDS = 2: each row by the average of the 2 models that never saw it")
+    frontier = points[points["frontier"].astype(bool)]
+    ax.plot(frontier["minutes"], frontier["acc"], "-", color="C1", label="the frontier: nothing faster is better")
+    for _, point in points.iterrows():
+        ax.annotate(point["idea"], (point["minutes"], point["acc"]), xytext=(5, 4), textcoords="offset points",
+                    fontsize=8)
+    if recorded is not None:
+        run = recorded[recorded["recipe"] == "best, out of fold"]
+        if len(run) and "wall_seconds" in run:
+            ax.plot(run["wall_seconds"] / 60, 100 * run["valid_acc"], "*", color="black", markersize=13,
+                    label="the recorded run (make figures)")
+    ax.set(xlabel="minutes to train every model of the recipe (wall, with its WORKERS)",
+           ylabel="out-of-fold accuracy over all rows (%)",
+           title="Accuracy against training time" + (f", on {points['machine'].iloc[0]}" if len(points) else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def write_accuracy_plot(experiments_csv: Path, path: Path, measured_tsv: Path = MEASURED) -> Path:
-    """The accuracy-per-minute plot of a run (its experiments.csv) among the CPU ideas of experiments.tsv, as a PNG."""
+    """The frontier of the recipes measured out of fold on one machine (experiments.tsv), with a run's figure."""
     if not experiments_csv.is_file():
         raise ValueError(f"{experiments_csv}: not found; the executed notebook's run writes it beside the notebook.")
-    measured = measured_points(pd.read_csv(measured_tsv, sep="\t"), "cpu") if measured_tsv.is_file() else None
-    fig = plot_accuracy_vs_minutes(pd.read_csv(experiments_csv), measured)
+    points = (frontier_points(pd.read_csv(measured_tsv, sep="\t")) if measured_tsv.is_file()
+              else pd.DataFrame(columns=POINT_COLUMNS))
+    fig = plot_accuracy_vs_minutes(points, pd.read_csv(experiments_csv))
     fig.savefig(path, dpi=80, metadata={"Software": None})  # no version stamp: the same inputs, the same bytes
     return path
 
