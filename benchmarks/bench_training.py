@@ -220,6 +220,9 @@ def bench_members(runtime: Runtime, rounds: int) -> float:
                                        batch_size=BATCH_SIZE).measured)
         if not measured:
             raise SystemExit("bench_training.py --members: one core, so one worker: nothing to compare")
+        if not measured[1]:  # not one whole step in the window: the cores were busy with something else
+            raise SystemExit("bench_training.py --members: 1 worker finished no step in its 3 s; the cores are busy "
+                             "with another job: run it alone")
         best = max(measured, key=measured.get)
         ratios.append(measured[best] / measured[1])
         print(f"  round {r + 1}: " + ", ".join(f"{n} x {cores // n} thread(s) {rate:,.0f}" for n, rate in
