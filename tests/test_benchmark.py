@@ -63,6 +63,22 @@ def test_members_benchmark_measures_one_worker_against_two_and_ends_with_their_r
     assert out[-1] == f"workers speedup: {ratio}"
 
 
+def test_members_benchmark_on_a_box_too_busy_for_one_step_ends_in_one_line(monkeypatch, capsys):
+    # choose_workers' real measurement, but of a box so busy that 1 worker finished no step in its window: a clear
+    # line, not a ZeroDivisionError.
+    monkeypatch.setattr(mnist_helpers, "choose_workers", lambda *args, **kwargs: mnist_helpers.Workers(
+        ("cpu", "cpu"), 1, ((1, 0.0), (2, 2500.0))))
+    found = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        status = run_as_a_script(REPO_DIR / "benchmarks" / "bench_training.py", "--members", "--rounds", "1",
+                                 "--device", "cpu")
+    finally:
+        torch.set_num_threads(found)
+    assert status == 1
+    assert capsys.readouterr().err.strip().endswith("the cores are busy with another job: run it alone")
+
+
 @pytest.mark.whole_pipeline
 def test_gpu_check_runs_every_stage_on_gzipped_data_and_writes_its_report(tmp_path):
     # --smoke: the same five stages with 1 epoch and small models, on whatever device there is, so that the script a
