@@ -325,6 +325,8 @@ def measured() -> pd.DataFrame:
 
 @pytest.mark.parametrize("heading, minutes_column", [("Ideas measured out of fold (issue 18)", "train_minutes"),
                                                      ("Ideas measured out of fold, two at a time (issue 26)",
+                                                      "wall_minutes"),
+                                                     ("More ideas out of fold, on the AMD machine (issue 26)",
                                                       "wall_minutes")])
 def test_the_ideas_measured_out_of_fold_are_experiments_tsvs_rows(heading, minutes_column):
     # docs/experiments.md's tables of the K-fold runs, cell by cell, as benchmarks/experiments.py recorded them. Issue

@@ -82,7 +82,13 @@ def test_frontier_points_are_each_recipes_latest_out_of_fold_figure_on_one_machi
     np.testing.assert_allclose(points["minutes"], [12.0, 21.0, 30.0, 35.0, 50.0])
     assert points["models"].tolist() == [1, 1, 1, 1, 2]
     assert points["frontier"].tolist() == [True, True, False, True, False]  # "two" averages 2 models a row
-    assert frontier_points(measured_rows())["machine"].unique().tolist() == ["A"]  # the machine measured last
+    # By default the machine with the most recipes, not the one measured last; of two with as many, the later one.
+    later = measured_rows()
+    later.loc[len(later)] = ("B", "base", "oof", "round 1", "raw", "none", 1, 0.9958, 0.0003, 6.0)
+    assert frontier_points(later)["machine"].unique().tolist() == ["A"]
+    for k, idea in enumerate(["slow", "long", "fast", "two"]):
+        later.loc[len(later)] = ("B", idea, "oof", "round 1", "raw", "none", 1, 0.9958, 0.0003, 7.0 + k)
+    assert frontier_points(later)["idea"].tolist() == ["base", "slow", "long", "fast", "two"]  # B's: 5 against 5
     assert frontier_points(measured_rows(), "B")["idea"].tolist() == ["base"]
 
 

@@ -75,15 +75,18 @@ def cell_images(notebook: dict, tag: str) -> list[bytes]:
 
 def frontier_points(measured: pd.DataFrame, machine: str | None = None) -> pd.DataFrame:
     """One point per recipe that benchmarks/experiments.py measured out of fold on one machine (by default the one
-    measured last): raw weights, no TTA, its latest run; accuracy and standard error in percent, wall minutes, and
-    whether it is on the frontier (no point as fast or faster is as accurate)."""
+    with the most recipes, of those the one measured last): raw weights, no TTA, its latest run; accuracy and standard
+    error in percent, wall minutes, and whether it is on the frontier (no point as fast or faster is as accurate)."""
     kind = measured["kind"] if "kind" in measured else pd.Series(index=measured.index, dtype=object)
     wall = measured["wall_minutes"] if "wall_minutes" in measured else pd.Series(index=measured.index, dtype=float)
     rows = measured[kind.isin(["oof", "oof-avg"]) & (measured["weights"] == "raw") & (measured["tta"] == "none")
                     & wall.notna() & (kind.eq("oof-avg") | measured["seed"].eq("round 1"))]
     if rows.empty:
         return pd.DataFrame(columns=POINT_COLUMNS)
-    rows = rows[rows["machine"] == (machine or rows["machine"].iloc[-1])].drop_duplicates(["idea", "kind"], keep="last")
+    if machine is None:  # one machine's minutes only: the one with the most recipes, ties to the one measured last
+        recipes = rows.drop_duplicates(["machine", "idea", "kind"]).groupby("machine", sort=False).size()
+        machine = max(recipes.index, key=lambda name: (recipes[name], rows.index[rows["machine"] == name].max()))
+    rows = rows[rows["machine"] == machine].drop_duplicates(["idea", "kind"], keep="last")
     points = pd.DataFrame({"machine": rows["machine"], "idea": rows["idea"], "models": rows["models"].astype(int),
                            "acc": 100 * rows["valid_acc"], "error": 100 * rows["std_error"],
                            "minutes": rows["wall_minutes"].astype(float)}).sort_values(
