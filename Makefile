@@ -55,7 +55,7 @@ data: $(STAMP)  ## Put train.csv and test.csv in data/: from Kaggle with credent
 run: $(STAMP)  ## Run the notebook headless, fetching the data first if there is none: output/submission.csv.
 	@$(BIN)/python tools/run_notebook.py $(PAPERMILL_PARAMETERS)
 
-figures: $(STAMP)  ## A full RECIPE=best run (about 30 min on 2 CPU cores) into docs/: the executed notebook, its figures.
+figures: $(STAMP)  ## A full RECIPE=best run (30 to 45 min on 2 CPU cores) into docs/: the executed notebook, its figures.
 	@$(BIN)/python tools/make_figures.py $(if $(FROM),--from '$(FROM)') $(NOTEBOOK_PARAMETERS)
 
 kaggle: $(STAMP)  ## Write kaggle/digit_recognizer.ipynb: the notebook with the helper inside, to import on Kaggle.
