@@ -231,6 +231,33 @@ def test_ctrl_c_says_how_to_carry_on(monkeypatch, tmp_path, capsys):
                                     "same command with RESUME=True carries on from them.")
 
 
+
+@pytest.mark.sigint
+def test_papermills_messages_after_ctrl_c_go_to_the_kernel_log_not_the_terminal(monkeypatch, tmp_path, capsys, caplog):
+    import logging
+
+    import papermill
+
+    def execute_notebook(*args, **kwargs):
+        logging.getLogger("papermill").warning("Passed unknown parameter: EPOHCS")  # the user's to see
+        try:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C in the terminal
+        finally:  # papermill shuts the kernel down, and nbclient notices that it has gone
+            logging.getLogger("papermill").error("Kernel died while waiting for execute reply.")
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal; the sigint marker puts back its own
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run_notebook, "ensure_data", lambda data_dir: None)
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        assert run_notebook.main(["-p", "OUTPUT_DIR", str(tmp_path / "out")]) == 130
+    assert [record.getMessage() for record in caplog.records] == ["Passed unknown parameter: EPOHCS"]
+    assert capsys.readouterr().err.strip().startswith("interrupted: ")
+    assert (tmp_path / "out" / "kernel.log").read_text() == \
+        "ERROR papermill: Kernel died while waiting for execute reply.\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the runner's own handler is gone again
+
+
 def test_a_kernel_that_dies_ends_in_one_line(monkeypatch, tmp_path, capsys):
     import papermill
     from nbclient.exceptions import DeadKernelError
@@ -242,6 +269,56 @@ def test_a_kernel_that_dies_ends_in_one_line(monkeypatch, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (f"error: DeadKernelError: Kernel died (the executed notebook "
                                                f"{tmp_path / 'out' / 'digit_recognizer.ipynb'} shows where; the "
                                                f"kernel's own messages are in {tmp_path / 'out' / 'kernel.log'})")
+
+
+
+def test_shutting_the_kernel_down_after_ctrl_c_interrupts_its_running_cell_once(tmp_path):
+    # After Ctrl-C, papermill shuts make run's kernel down. Its running cell must get one SIGINT: none, and it trains
+    # on until killed; two, and the second may land in the notebook's handling of the first ("Exception ignored in").
+    import asyncio
+
+    started, stopped = tmp_path / "started", tmp_path / "stopped"
+    busy_cell = f"""
+import signal, time
+deadline = time.monotonic() + 60
+def stop(*_):
+    global deadline
+    deadline = min(deadline, time.monotonic() + 1)  # a second more: time for any second SIGINT to come
+signal.signal(signal.SIGINT, stop)
+open({str(started)!r}, "w").close()
+while time.monotonic() < deadline:
+    time.sleep(0.01)
+open({str(stopped)!r}, "w").close()
+"""
+    sent = []
+
+    async def shut_down_while_busy() -> None:
+        manager = run_notebook.kernel_logging_to(tmp_path / "kernel.log")(kernel_name="python3")
+        await manager.start_kernel(cwd=str(tmp_path), env={**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
+        send = manager._async_signal_kernel  # the real signal still goes to the kernel; this only notes it
+
+        async def noting(signum: int) -> None:
+            sent.append(signal.Signals(signum).name)
+            await send(signum)
+
+        manager._async_signal_kernel = noting
+        client = manager.client()
+        client.start_channels()
+        try:
+            await client.wait_for_ready(timeout=120)
+            client.execute(busy_cell)
+            for _ in range(1200):
+                if started.exists():
+                    break
+                await asyncio.sleep(0.05)
+            await manager.shutdown_kernel()
+        finally:
+            client.stop_channels()
+
+    asyncio.run(shut_down_while_busy())
+    assert started.exists(), (tmp_path / "kernel.log").read_text()
+    assert stopped.exists(), "the running cell was never interrupted"
+    assert sent == ["SIGINT"]
 
 
 def test_the_terminal_gets_whole_lines_without_the_reference_per_batch_lines():

@@ -7,7 +7,8 @@ What the notebook prints reaches the terminal as it happens: with PROGRESS="line
 saved notebook holds text, not frozen progress widgets) one line per epoch with the loss, the validation accuracy,
 the seconds and the time left. The reference's per-batch lines ("loss: ... [  100/33600]") stay in the executed
 notebook only. Any failure ends with one line: what went wrong and where to look. The kernel's own messages (not the
-notebook's output) go to OUTPUT_DIR/kernel.log, so that Ctrl-C, which stops the run, ends with one line too.
+notebook's output), and papermill's after Ctrl-C, go to OUTPUT_DIR/kernel.log, so that Ctrl-C, which stops the
+run, ends with one line too.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import logging
 import os
 import re
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -99,14 +103,49 @@ def kernel_logging_to(path: Path) -> type:
             with open(path, "ab") as log:  # the kernel gets its own copy of the descriptor
                 return await super().start_kernel(**{"stdout": log, "stderr": log, **kw})
 
-        async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
-            """Interrupt the running cell first (after Ctrl-C), so that the kernel stops at once and then shuts down
-            on request, instead of training on until it is killed; an idle kernel ignores the interrupt."""
-            with contextlib.suppress(Exception):
-                await self.interrupt_kernel()
-            return await super().shutdown_kernel(now=now, restart=restart)
-
+    # After Ctrl-C, papermill shuts the kernel down, and jupyter_client (8 and later) interrupts its running cell
+    # first, once: the training stops at once instead of running on until it is killed. A second interrupt of our
+    # own would land in the notebook's handling of the first, and print "Exception ignored in: <generator ...>".
     return KernelLoggingToFile
+
+
+class QuietAfterCtrlC(logging.Filter):
+    """Papermill's messages: to the terminal (an unknown parameter, say) until Ctrl-C, then to the kernel's log."""
+
+    def __init__(self, log: Path):
+        """Write what comes after Ctrl-C to log."""
+        super().__init__()
+        self.log, self.after_ctrl_c = log, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Pass the record on, or after Ctrl-C keep it in the log: "Kernel died while waiting for execute reply" is
+        only nbclient noticing, while it shuts the kernel down, that the kernel has stopped as it was asked to."""
+        if self.after_ctrl_c:
+            with open(self.log, "a") as log:
+                log.write(f"{record.levelname} {record.name}: {record.getMessage()}\n")
+        return not self.after_ctrl_c
+
+
+@contextlib.contextmanager
+def quiet_after_ctrl_c(log: Path) -> Iterator[None]:
+    """Within the block, Ctrl-C raises KeyboardInterrupt as ever, and papermill's messages after it go to log."""
+    quiet, papermill_log = QuietAfterCtrlC(log), logging.getLogger("papermill")
+
+    def interrupt(signum: int, frame: object) -> None:
+        quiet.after_ctrl_c = True
+        signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
+
+    found = signal.getsignal(signal.SIGINT)
+    ours = found is signal.default_int_handler and threading.current_thread() is threading.main_thread()
+    if ours:  # not where SIGINT is ignored (nohup ... &), nor where someone else handles it
+        signal.signal(signal.SIGINT, interrupt)
+    papermill_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        papermill_log.removeFilter(quiet)
+        if ours:
+            signal.signal(signal.SIGINT, found)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     kernel_log.unlink(missing_ok=True)  # this run's messages only
     terminal = TerminalLines(sys.stdout)
     try:
-        papermill.execute_notebook(str(NOTEBOOK), str(executed), parameters=parameters, cwd=str(PROJECT_DIR),
-                                   kernel_name="python3", progress_bar=False, stdout_file=terminal,
-                                   stderr_file=sys.stderr, kernel_manager_class=kernel_logging_to(kernel_log),
-                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])  # not the kernel's start-up notes
+        with quiet_after_ctrl_c(kernel_log):
+            papermill.execute_notebook(str(NOTEBOOK), str(executed), parameters=parameters, cwd=str(PROJECT_DIR),
+                                       kernel_name="python3", progress_bar=False, stdout_file=terminal,
+                                       stderr_file=sys.stderr, kernel_manager_class=kernel_logging_to(kernel_log),
+                                       extra_arguments=["--IPKernelApp.log_level=ERROR"])  # not its start-up notes
     except KeyboardInterrupt:
         terminal.close()
         print(f"\ninterrupted: {output_dir} keeps a checkpoint of every finished epoch; the same command with "
