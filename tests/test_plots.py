@@ -3,10 +3,15 @@ per_class_accuracy counts what a hand count does."""
 
 from __future__ import annotations
 
+import base64
+import json
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import pytest
 
+import make_figures
 from conftest import make_digits
 from make_figures import frontier_points, plot_accuracy_vs_minutes
 from mnist_helpers import per_class_accuracy, plot_digits, plot_history
@@ -113,6 +118,55 @@ def test_accuracy_plot_draws_each_point_with_its_error_bar_the_frontier_and_the_
     alone = plot_accuracy_vs_minutes(frontier_points(measured_rows().iloc[:0]), recorded)  # no measured recipes
     assert [line.get_marker() for line in alone.axes[0].get_lines() if line.get_marker() == "*"] == ["*"]
     plt.close(alone)
+
+
+@pytest.fixture
+def drawn(tmp_path, monkeypatch) -> list[tuple[pd.DataFrame, pd.DataFrame | None]]:
+    """What make_figures draws the accuracy plot from, call by call, with experiments.tsv as measured_rows()."""
+    measured_rows().to_csv(tmp_path / "experiments.tsv", sep="\t", index=False)
+    monkeypatch.setattr(make_figures, "MEASURED", tmp_path / "experiments.tsv")
+    calls, draw = [], make_figures.plot_accuracy_vs_minutes
+    monkeypatch.setattr(make_figures, "plot_accuracy_vs_minutes",
+                        lambda points, recorded: calls.append((points, recorded)) or draw(points, recorded))
+    return calls
+
+
+def test_make_figures_plot_only_draws_the_machine_with_the_most_recipes_and_no_star(tmp_path, drawn, capsys):
+    assert make_figures.main(["--plot-only", "--docs-dir", str(tmp_path / "docs")]) == 0
+    assert [path.name for path in (tmp_path / "docs").iterdir()] == [make_figures.ACCURACY_PLOT]
+    assert (tmp_path / "docs" / make_figures.ACCURACY_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (points, recorded), = drawn
+    assert points["machine"].unique().tolist() == ["A"] and recorded is None
+    with pytest.raises(SystemExit) as stopped:  # --plot-only runs nothing, so a notebook to take is a mistake
+        make_figures.main(["--plot-only", "--from", str(tmp_path / "x.ipynb")])
+    assert stopped.value.code == 2
+    assert "--plot-only draws from benchmarks/experiments.tsv alone" in capsys.readouterr().err
+
+
+def test_make_figures_draws_the_recorded_run_with_the_recipes_of_the_machine_it_ran_on(tmp_path, drawn, monkeypatch,
+                                                                                      capsys):
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()
+    cells = [{"cell_type": "code", "metadata": {"tags": [tag]}, "source": "", "execution_count": 1,
+              "outputs": [{"output_type": "display_data", "metadata": {}, "data": {"image/png": png}}]}
+             for tag, _, _ in make_figures.FIGURES]
+    executed = tmp_path / "run" / "digit_recognizer.ipynb"
+    executed.parent.mkdir()
+    executed.write_text(json.dumps({"metadata": {}, "cells": cells, "nbformat": 4, "nbformat_minor": 5}))
+    pd.DataFrame({"recipe": ["best, out of fold"], "valid_acc": [0.996], "wall_seconds": [600.0]}).to_csv(
+        executed.parent / "experiments.csv", index=False)
+    # Made on this machine, B: B's recipes, with the run's star, though A has more.
+    monkeypatch.setattr(make_figures, "this_machine", lambda: "B")
+    make_figures.write_docs(executed, tmp_path / "docs")
+    # Taken with --machine A: A's.
+    assert make_figures.main(["--from", str(executed), "--machine", "A", "--docs-dir", str(tmp_path / "docs")]) == 0
+    machines = [(points["machine"].unique().tolist(), recorded["valid_acc"].tolist()) for points, recorded in drawn]
+    assert machines == [(["B"], [0.996]), (["A"], [0.996])]
+    # Made on C, where nothing was measured: A's recipes, and the run left out, with a note that says so.
+    monkeypatch.setattr(make_figures, "this_machine", lambda: "C")
+    make_figures.write_docs(executed, tmp_path / "docs")
+    points, recorded = drawn[-1]
+    assert points["machine"].unique().tolist() == ["A"] and recorded is None
+    assert "no recipe measured on C, the machine of the run, so the plot shows A's" in capsys.readouterr().out
 
 
 def test_per_class_accuracy_counts_a_prediction_outside_0_to_9_as_wrong_and_takes_no_images():

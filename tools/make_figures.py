@@ -3,13 +3,16 @@
 
     python tools/make_figures.py [-p NAME VALUE ...]   # runs the notebook (about 30 min on 2 CPU cores) first
     python tools/make_figures.py --from output/figures/digit_recognizer.ipynb   # or takes a notebook already executed
+    python tools/make_figures.py --plot-only    # only docs/accuracy-vs-minutes.png, after a new experiment
 
 The notebook's figures are its own PNG outputs, cut from the executed copy byte for byte, so they always show what
 that run drew. The copy is cleaned for GitHub: no widget state, no per-cell timing metadata, and paths inside the
 repository shown relative to it (in papermill's record of the run and in what the cells printed). One more figure,
 docs/accuracy-vs-minutes.png, draws the recipes that benchmarks/experiments.py measured out of fold on one machine
-(benchmarks/experiments.tsv) as accuracy against minutes, with their frontier and that run's own out-of-fold figure
-(its experiments.csv, beside the executed notebook), for docs/experiments.md.
+(benchmarks/experiments.tsv) as accuracy against minutes, with their frontier, for docs/experiments.md: those of
+the machine that the run was made on (this one, or --machine), with that run's own out-of-fold figure (its
+experiments.csv, beside the executed notebook) as a star. Where none was measured there, and with --plot-only, it
+draws the machine with the most recipes, and no star: minutes compare only on one machine.
 """
 
 from __future__ import annotations
@@ -132,19 +135,37 @@ def plot_accuracy_vs_minutes(points: pd.DataFrame, recorded: pd.DataFrame | None
     return fig
 
 
-def write_accuracy_plot(experiments_csv: Path, path: Path, measured_tsv: Path = MEASURED) -> Path:
-    """The frontier of the recipes measured out of fold on one machine (experiments.tsv), with a run's figure."""
-    if not experiments_csv.is_file():
+def write_accuracy_plot(experiments_csv: Path | None, path: Path, measured_tsv: Path | None = None,
+                        machine: str | None = None) -> Path:
+    """The frontier of the recipes measured out of fold on machine (experiments.tsv), with the figure of a run made
+    there (its experiments.csv) as a star; with neither, the machine with the most recipes and no star."""
+    if experiments_csv is not None and not experiments_csv.is_file():
         raise ValueError(f"{experiments_csv}: not found; the executed notebook's run writes it beside the notebook.")
-    points = (frontier_points(pd.read_csv(measured_tsv, sep="\t")) if measured_tsv.is_file()
-              else pd.DataFrame(columns=POINT_COLUMNS))
-    fig = plot_accuracy_vs_minutes(points, pd.read_csv(experiments_csv))
+    measured_tsv = measured_tsv or MEASURED
+    measured = pd.read_csv(measured_tsv, sep="\t") if measured_tsv.is_file() else None
+    points = frontier_points(measured, machine) if measured is not None else pd.DataFrame(columns=POINT_COLUMNS)
+    recorded = None if experiments_csv is None else pd.read_csv(experiments_csv)
+    if measured is not None and machine is not None and points.empty:  # the run's minutes compare with none here
+        points, recorded = frontier_points(measured), None
+        print(f"note: {measured_tsv.name} has no recipe measured on {machine}, the machine of the run, so the plot "
+              f"shows {', '.join(points['machine'].unique()) or 'none'}'s, without the run")
+    fig = plot_accuracy_vs_minutes(points, recorded)
     fig.savefig(path, dpi=80, metadata={"Software": None})  # no version stamp: the same inputs, the same bytes
     return path
 
 
-def write_docs(executed: Path, docs_dir: Path = DOCS_DIR) -> list[Path]:
-    """Clean the executed notebook into docs_dir and cut the README's figures from it; returns the files written."""
+def this_machine() -> str:
+    """This machine, as benchmarks/experiments.py names it in experiments.tsv (its CPU and threads, or its GPU)."""
+    if str(PROJECT_DIR / "benchmarks") not in sys.path:  # here, not at import: the script imports torch
+        sys.path.append(str(PROJECT_DIR / "benchmarks"))
+    from experiments import machine
+
+    return machine()
+
+
+def write_docs(executed: Path, docs_dir: Path = DOCS_DIR, machine: str | None = None) -> list[Path]:
+    """Clean the executed notebook into docs_dir and cut the README's figures from it, its run made on machine
+    (default: this one); returns the files written."""
     notebook = clean_executed(json.loads(executed.read_text(encoding="utf-8")))
     if notebook["metadata"].get("papermill", {}).get("exception"):
         raise ValueError(f"{executed}: the run failed, so its outputs are incomplete; fix it and run again.")
@@ -157,7 +178,9 @@ def write_docs(executed: Path, docs_dir: Path = DOCS_DIR) -> list[Path]:
                              'was it a RECIPE="best" run?')
         (docs_dir / name).write_bytes(images[index])
         written.append(docs_dir / name)
-    written.append(write_accuracy_plot(executed.parent / "experiments.csv", docs_dir / ACCURACY_PLOT))
+    # The run's minutes compare with those measured on its own machine only
+    written.append(write_accuracy_plot(executed.parent / "experiments.csv", docs_dir / ACCURACY_PLOT,
+                                       machine=machine or this_machine()))
     copy = docs_dir / EXECUTED_NAME
     copy.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return [copy, *written]
@@ -171,11 +194,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help=f"a notebook parameter for the run (default: RECIPE best, OUTPUT_DIR {RUN_DIR}, the rest "
                              "the notebook's)")
+    parser.add_argument("--plot-only", action="store_true",
+                        help=f"draw only {ACCURACY_PLOT}, from benchmarks/experiments.tsv: the machine with the most "
+                             "recipes, no run's star (default: run or take a notebook, and write every figure)")
+    parser.add_argument("--machine", help="the machine --from's run was made on, as benchmarks/experiments.tsv names "
+                                          "it, e.g. 'AMD EPYC, 2 threads' (default: this one)")
     parser.add_argument("--docs-dir", type=Path, default=DOCS_DIR, help="where to write (default: docs/)")
     args = parser.parse_args(argv)
     executed = args.executed
     if executed is not None and args.parameter:
         parser.error("--from takes a notebook already executed, so -p has nothing to set; give one or the other")
+    if args.plot_only and (executed is not None or args.parameter or args.machine):
+        parser.error("--plot-only draws from benchmarks/experiments.tsv alone: --from, -p and --machine have nothing "
+                     "to do")
+    if args.machine and executed is None:
+        parser.error("--machine names the machine of --from's run; a run made now is made on this one")
+    if args.plot_only:
+        args.docs_dir.mkdir(parents=True, exist_ok=True)
+        path = write_accuracy_plot(None, args.docs_dir / ACCURACY_PLOT)
+        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
+        return 0
     if executed is None:
         parameters = dict([("RECIPE", "best"), ("OUTPUT_DIR", RUN_DIR), *map(tuple, args.parameter)])
         status = run_notebook.main([part for pair in parameters.items() for part in ("-p", *pair)])
@@ -183,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             return status
         executed = PROJECT_DIR / parameters["OUTPUT_DIR"] / run_notebook.NOTEBOOK.name
     try:
-        written = write_docs(executed, args.docs_dir)
+        written = write_docs(executed, args.docs_dir, args.machine)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -110,9 +110,10 @@ def kernel_logging_to(path: Path) -> type:
 
 
 class QuietAfterCtrlC(logging.Filter):
-    """Papermill's messages: to the terminal (an unknown parameter, say) until Ctrl-C, then to the kernel's log."""
+    """The papermill logger's own messages (nbclient's too, which it is given): on to the terminal (an unknown
+    parameter, say) until Ctrl-C, then to the kernel's log."""
 
-    def __init__(self, log: Path):
+    def __init__(self, log: Path) -> None:
         """Write what comes after Ctrl-C to log."""
         super().__init__()
         self.log, self.after_ctrl_c = log, False
@@ -137,10 +138,10 @@ def quiet_after_ctrl_c(log: Path) -> Iterator[None]:
 
     found = signal.getsignal(signal.SIGINT)
     ours = found is signal.default_int_handler and threading.current_thread() is threading.main_thread()
-    if ours:  # not where SIGINT is ignored (nohup ... &), nor where someone else handles it
-        signal.signal(signal.SIGINT, interrupt)
-    papermill_log.addFilter(quiet)
     try:
+        papermill_log.addFilter(quiet)
+        if ours:  # not where SIGINT is ignored (nohup ... &), nor where someone else handles it
+            signal.signal(signal.SIGINT, interrupt)
         yield
     finally:
         papermill_log.removeFilter(quiet)
