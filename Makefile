@@ -18,6 +18,10 @@ PYTHON_KAGGLE ?= $(shell for p in "$$(command -v python3.12)" $$(ls -d $${PYENV_
                    2>/dev/null | sort -rV); do [ -n "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' \
                    2>/dev/null && echo "$$p" && break; done)
 NOTEBOOK := digit_recognizer.ipynb
+# The test targets spread the tests over TEST_PROCESSES pytest-xdist workers, each test file in one of them (its
+# module's shared runs made once); auto: one per core. TEST_PROCESSES=0 runs them all in one process.
+TEST_PROCESSES ?= auto
+PYTEST_XDIST = -n $(TEST_PROCESSES) --dist loadfile
 OUTPUT_DIR ?= output
 # Notebook parameters that `make run` (and `make figures`) hand to papermill when they are set; run: OUTPUT_DIR always.
 PARAMETERS := DATA_DIR EPOCHS BATCH_SIZE LR VALID_SIZE SEED TRAIN_ROWS TEST_ROWS FAST PROGRESS LOSS_LINES RESUME \
@@ -70,14 +74,14 @@ lab: kernel  ## Open the notebook in JupyterLab (from .venv, with its kernel reg
 lint: $(STAMP)  ## ruff check: the helper, the notebook's code cells, tools, benchmarks and tests.
 	$(BIN)/ruff check
 
-test: lint  ## Lint, then the whole test suite; pytest's last line gives the count and the time.
-	$(BIN)/python -m pytest
+test: lint  ## Lint, then the whole test suite on every core; pytest's last line gives the count and the time.
+	$(BIN)/python -m pytest $(PYTEST_XDIST)
 
 test-min: $(STAMP_MIN)  ## The suite less whole_pipeline, with the oldest NumPy, matplotlib, scikit-learn: requirements-min.txt.
-	$(VENV_MIN)/bin/python -m pytest -m "not whole_pipeline"
+	$(VENV_MIN)/bin/python -m pytest $(PYTEST_XDIST) -m "not whole_pipeline"
 
 test-kaggle: $(STAMP_KAGGLE)  ## The suite less whole_pipeline, under Kaggle's image (Python 3.12, torch 2.10): requirements-kaggle.txt.
-	$(VENV_KAGGLE)/bin/python -m pytest -m "not whole_pipeline"
+	$(VENV_KAGGLE)/bin/python -m pytest $(PYTEST_XDIST) -m "not whole_pipeline"
 
 bench: $(STAMP)  ## Benchmark plain vs fast training (--quick); BENCH_ARGS=--full for 15 epochs each.
 	$(BIN)/python benchmarks/bench_training.py $(or $(BENCH_ARGS),--quick)

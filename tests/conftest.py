@@ -29,6 +29,16 @@ settings.register_profile("repeatable", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile("repeatable")
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a pytest-xdist worker (`make test` runs one per core), torch takes the worker's share of the cores."""
+    # OpenMP threads spin while they wait: two workers of two threads each, on two cores, ran the suite no faster
+    # than one process. The kernels, scripts and child pytests that tests start keep torch's default.
+    workers = getattr(config, "workerinput", {}).get("workercount")  # set in xdist's workers only
+    if workers:
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
 needs_shared_data = pytest.mark.skipif(
     not (SHARED_DATA_DIR / "train.csv").is_file(),
     reason=f"real data not found at {SHARED_DATA_DIR} (set SHARED_DATA_DIR to a folder with train.csv, test.csv)",
