@@ -167,6 +167,12 @@ def test_make_figures_draws_the_recorded_run_with_the_recipes_of_the_machine_it_
     points, recorded = drawn[-1]
     assert points["machine"].unique().tolist() == ["A"] and recorded is None
     assert "no recipe measured on C, the machine of the run, so the plot shows A's" in capsys.readouterr().out
+    # An experiments.tsv with no out-of-fold recipe on any machine: the run's star alone, and no note.
+    measured_rows().iloc[:2].to_csv(make_figures.MEASURED, sep="\t", index=False)
+    make_figures.write_docs(executed, tmp_path / "docs")
+    points, recorded = drawn[-1]
+    assert points.empty and recorded["valid_acc"].tolist() == [0.996]
+    assert "note:" not in capsys.readouterr().out
 
 
 def test_per_class_accuracy_counts_a_prediction_outside_0_to_9_as_wrong_and_takes_no_images():

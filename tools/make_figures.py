@@ -146,9 +146,11 @@ def write_accuracy_plot(experiments_csv: Path | None, path: Path, measured_tsv: 
     points = frontier_points(measured, machine) if measured is not None else pd.DataFrame(columns=POINT_COLUMNS)
     recorded = None if experiments_csv is None else pd.read_csv(experiments_csv)
     if measured is not None and machine is not None and points.empty:  # the run's minutes compare with none here
-        points, recorded = frontier_points(measured), None
-        print(f"note: {measured_tsv.name} has no recipe measured on {machine}, the machine of the run, so the plot "
-              f"shows {', '.join(points['machine'].unique()) or 'none'}'s, without the run")
+        elsewhere = frontier_points(measured)
+        if not elsewhere.empty:  # so another machine's recipes, without the run; with none anywhere, the run alone
+            points, recorded = elsewhere, None
+            print(f"note: {measured_tsv.name} has no recipe measured on {machine}, the machine of the run, so the "
+                  f"plot shows {points['machine'].iloc[0]}'s, without the run")
     fig = plot_accuracy_vs_minutes(points, recorded)
     fig.savefig(path, dpi=80, metadata={"Software": None})  # no version stamp: the same inputs, the same bytes
     return path
