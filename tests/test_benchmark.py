@@ -59,7 +59,10 @@ def test_members_benchmark_measures_one_worker_against_two_and_ends_with_their_r
     one, two, best, ratio = measured.groups()
     rates = {1: float(one.replace(",", "")), 2: float(two.replace(",", ""))}
     assert int(best) == max(rates, key=rates.get) and all(rate > 0 for rate in rates.values())
-    assert abs(float(ratio) - rates[int(best)] / rates[1]) < 0.01
+    # the printed ratio is of the unrounded rates: allow the printed rates' rounding to whole img/s, and its own
+    # to 2 decimals (CI saw 900 against 167 img/s on a busy box: 5.39 from the printed figures, 5.40 printed)
+    expected = rates[int(best)] / rates[1]
+    assert abs(float(ratio) - expected) <= expected * (0.5 / rates[int(best)] + 0.5 / rates[1]) + 0.005 + 1e-9
     assert out[-1] == f"workers speedup: {ratio}"
 
 
