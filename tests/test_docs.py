@@ -357,6 +357,36 @@ def test_the_ideas_measured_out_of_fold_are_experiments_tsvs_rows(heading, minut
         minutes = row[minutes_column]
 
 
+TWO_ROUNDS = "Two models a row: `ROUNDS=2`, on the AMD machine (issue 26)"
+
+
+def test_the_two_rounds_run_is_experiments_tsvs_rows():
+    # docs/experiments.md's ROUNDS=2 table, cell by cell, as benchmarks/experiments.py recorded that run: each round
+    # scored one model a row, with its folds, then the two models averaged; and its minutes against the one round of
+    # the recipe on the same kind of machine, which its prose gives as a ratio.
+    section, tsv = markdown_section("experiments.md", TWO_ROUNDS), measured()
+    rows = table_rows(section)
+    assert len(rows) == 3, rows
+    run = tsv[(tsv["idea"] == idea_of(rows[-1][-1])) & (tsv["weights"] == "raw") & (tsv["tta"] == "none")]
+    folds, machine = run[run["kind"] == "fold"], run["machine"].iloc[0]
+    assert len(folds) == 10 and run["date"].iloc[0] in section and machine.split()[0] in section
+    expected = [(run[(run["kind"] == "oof") & (run["seed"] == f"round {r + 1}")],
+                 ", ".join(f"{100 * accuracy:.2f}" for accuracy in folds["valid_acc"].iloc[5 * r:5 * r + 5]))
+                for r in range(2)] + [(run[run["kind"] == "oof-avg"], "")]
+    for (scored_by, oof, each_fold, shown_minutes, command), (row, shown_folds) in zip(rows, expected):
+        row = row.iloc[0]
+        assert oof.replace("**", "") == f"{100 * row['valid_acc']:.2f}% ± {100 * row['std_error']:.2f} " \
+                                        f"({row['mistakes']})", scored_by
+        assert each_fold == shown_folds, scored_by
+        assert shown_minutes == ("(the same run)" if command == "as below" else f"{row['wall_minutes']:.1f}")
+    one_round = tsv[(tsv["idea"] == "recipe of 2026-12-06") & (tsv["machine"] == machine) & (tsv["kind"] == "oof")]
+    ratio = re.search(r"(\d\.\d\d) times the (\d+\.\d) minutes of one round", re.sub(r"\s+", " ", section))
+    assert ratio, "the section no longer gives its minutes against one round's; change the test with it"
+    wall = run.loc[run["kind"] == "oof-avg", "wall_minutes"].iloc[0]  # the whole run's; the fold rows have none
+    assert ratio.groups() == (f"{wall / one_round['wall_minutes'].iloc[0]:.2f}",
+                              f"{one_round['wall_minutes'].iloc[0]:.1f}")
+
+
 def test_the_ideas_measured_on_one_split_are_experiments_tsvs_rows():
     # docs/experiments.md's table of the earlier runs (one validation split), cell by cell, from the same file: the mean
     # and standard deviation of the single models, the 3 and 6 models together, the minutes per model.
