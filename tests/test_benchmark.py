@@ -47,14 +47,12 @@ def test_benchmark_refuses_a_folder_without_the_csvs(tmp_path, capsys):
 def test_members_benchmark_measures_one_worker_against_two_and_ends_with_their_ratio(capsys):
     found = torch.get_num_threads()
     torch.set_num_threads(2)  # two cores, as here: 1 worker of 2 threads against 2 of 1
-    busy = ("bench_training.py --members: 1 worker finished no step in its 3 s; the cores are busy with another job: "
-            "run it alone")
     try:
         for _ in range(3):  # the suite's other worker can starve this one's 3 s window (CI saw it under Kaggle's stack)
             done = run_as_a_script(REPO_DIR / "benchmarks" / "bench_training.py", "--members", "--rounds", "1",
                                    "--device", "cpu")
             captured = capsys.readouterr()
-            if done == 0 or captured.err.strip().splitlines()[-1:] != [busy]:  # measured, or failed otherwise
+            if done == 0 or "the cores are busy" not in captured.err:  # measured, or failed for another reason
                 break
     finally:
         torch.set_num_threads(found)
